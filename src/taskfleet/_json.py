@@ -1,0 +1,98 @@
+"""JSON encoding shared by the runner and the sources, so they agree on what is serialisable."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import enum
+import json
+import math
+import uuid
+from pathlib import PurePath
+from typing import Any
+
+from .task import OutputError
+
+__all__ = ["dumps", "loads", "to_output_error"]
+
+_encoder = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=None
+)
+
+
+def _default(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, (datetime.datetime, datetime.date, datetime.time)):
+        return obj.isoformat()
+    if isinstance(obj, (uuid.UUID, PurePath)):
+        return str(obj)
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj, key=repr)
+    raise TypeError(type(obj).__name__)
+
+
+_encoder.default = _default  # type: ignore[method-assign,assignment]
+
+
+def dumps(obj: Any) -> bytes:
+    """Encode as compact UTF-8 JSON; dataclasses, enums, dates, UUIDs, paths and sets included.
+
+    Raises:
+        OutputError: naming the first offending value's location and type.
+    """
+    try:
+        return _encoder.encode(obj).encode("utf-8")
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise to_output_error(obj, exc) from None
+
+
+def loads(data: bytes | str) -> Any:
+    return json.loads(data)
+
+
+def to_output_error(obj: Any, exc: BaseException) -> OutputError:
+    """Explain why ``obj`` is not JSON, pointing at the value to blame."""
+    if isinstance(exc, RecursionError):
+        return OutputError("output is not JSON-serialisable: nested too deeply or circular")
+    where = _find_bad(obj, "output", set())
+    if where is not None:
+        path, what = where
+        return OutputError(f"output is not JSON-serialisable: {path} is {what}")
+    return OutputError(f"output is not JSON-serialisable: {exc}")
+
+
+def _find_bad(obj: Any, path: str, seen: set[int]) -> tuple[str, str] | None:
+    if obj is None or isinstance(obj, (str, bool, int)):
+        return None
+    if isinstance(obj, float):
+        if not math.isfinite(obj):
+            return path, f"the float {obj!r} (JSON has no NaN or infinity)"
+        return None
+    if id(obj) in seen:
+        return path, "a circular reference"
+    seen.add(id(obj))
+    try:
+        if isinstance(obj, dict):
+            for key, value in obj.items():
+                if not isinstance(key, (str, int, float, bool)) and key is not None:
+                    return path, f"a dict with a key of type {type(key).__name__}"
+                found = _find_bad(value, f"{path}.{key}", seen)
+                if found:
+                    return found
+            return None
+        if isinstance(obj, (list, tuple)):
+            for i, value in enumerate(obj):
+                found = _find_bad(value, f"{path}[{i}]", seen)
+                if found:
+                    return found
+            return None
+        try:
+            converted = _default(obj)
+        except TypeError:
+            return path, f"of type {type(obj).__name__}"
+        return _find_bad(converted, path, seen)
+    finally:
+        seen.discard(id(obj))

@@ -1,0 +1,389 @@
+"""Settings from arguments and environment variables, validated at start-up.
+
+Every setting is one field of :class:`Configuration`, declaring its environment variable, its
+default and its meaning, so ``docs/configuration.md`` can be checked against the code. Bad values
+raise :class:`~taskfleet.task.ConfigurationError` naming the variable and the expected form.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .task import ConfigurationError
+
+__all__ = ["SETTINGS", "Configuration"]
+
+
+def _state_home() -> str:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
+    return os.path.join(base, "taskfleet")
+
+
+def _setting(
+    env: str,
+    default: Any,
+    help: str,
+    parse: Callable[[str], Any] | None = None,
+    *,
+    secret: bool = False,
+    default_factory: Callable[[], Any] | None = None,
+) -> Any:
+    metadata = {"env": env, "help": help, "parse": parse, "secret": secret}
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=metadata, repr=not secret)
+    return field(default=default, metadata=metadata, repr=not secret)
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError
+    return value
+
+
+def _nonneg_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise ValueError
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError
+    return value
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in options:
+            raise ValueError
+        return value
+
+    parse.expected = " | ".join(options)  # type: ignore[attr-defined]
+    return parse
+
+
+@dataclass(frozen=True)
+class Configuration:
+    """Everything a pool needs to know that is not about one worker type.
+
+    Build it with :meth:`from_env` (environment plus explicit overrides) or directly; either way
+    :meth:`validate` runs at ``TaskHandler.start_processes()``.
+    """
+
+    # -- where tasks come from ------------------------------------------------------------
+    source: str = _setting(
+        "TASKFLEET_SOURCE",
+        "auto",
+        "Task source: `auto` (Conductor if `CONDUCTOR_SERVER_URL` is set, else NATS at `NATS_URL`,"
+        " else an embedded NATS server), `conductor`, `nats` or `memory`.",
+        _choice("auto", "conductor", "nats", "memory"),
+    )
+    conductor_server_url: str = _setting(
+        "CONDUCTOR_SERVER_URL",
+        "",
+        "Conductor API base URL, including `/api` (e.g. `http://localhost:8080/api`).",
+    )
+    conductor_auth_key: str = _setting(
+        "CONDUCTOR_AUTH_KEY", "", "Key id for `POST /token` (Orkes-style auth); empty: no auth."
+    )
+    conductor_auth_secret: str = _setting(
+        "CONDUCTOR_AUTH_SECRET", "", "Key secret for `POST /token`. Never logged.", secret=True
+    )
+    http_connect_timeout: float = _setting(
+        "TASKFLEET_HTTP_CONNECT_TIMEOUT",
+        5.0,
+        "Seconds to wait for a TCP connection to the Conductor server.",
+        _positive_float,
+    )
+    http_read_timeout: float = _setting(
+        "TASKFLEET_HTTP_READ_TIMEOUT",
+        15.0,
+        "Seconds to wait for a Conductor answer beyond the long-poll wait.",
+        _positive_float,
+    )
+    nats_url: str = _setting(
+        "NATS_URL",
+        "",
+        "NATS server URL(s), comma-separated (`nats://`, `tls://`); empty: embedded server.",
+    )
+    nats_user: str = _setting("NATS_USER", "", "NATS user name.")
+    nats_password: str = _setting("NATS_PASSWORD", "", "NATS password. Never logged.", secret=True)
+    nats_token: str = _setting("NATS_TOKEN", "", "NATS auth token. Never logged.", secret=True)
+    nats_creds: str = _setting("NATS_CREDS", "", "Path of a NATS `.creds` file (JWT + NKey).")
+    nats_nkey_seed: str = _setting("NATS_NKEY_SEED", "", "Path of an NKey seed file.")
+    nats_tls_ca: str = _setting(
+        "NATS_TLS_CA", "", "CA bundle to verify the NATS server's certificate."
+    )
+    nats_tls_cert: str = _setting("NATS_TLS_CERT", "", "Client certificate for NATS mutual TLS.")
+    nats_tls_key: str = _setting("NATS_TLS_KEY", "", "Client key for NATS mutual TLS.")
+    nats_prefix: str = _setting(
+        "TASKFLEET_NATS_PREFIX",
+        "taskfleet",
+        "Subject and stream prefix: tasks on `<prefix>.tasks.<type>`, stream `<PREFIX>_TASKS`.",
+    )
+    nats_replicas: int = _setting(
+        "TASKFLEET_NATS_REPLICAS", 1, "Stream replicas (3 on a NATS cluster).", _positive_int
+    )
+    nats_max_deliver: int = _setting(
+        "TASKFLEET_NATS_MAX_DELIVER",
+        5,
+        "Deliveries of a failing task before it is dead-lettered (per worker: `max_attempts`).",
+        _positive_int,
+    )
+    nats_ack_wait: float = _setting(
+        "TASKFLEET_NATS_ACK_WAIT",
+        30.0,
+        "Seconds JetStream waits for an ack before redelivering (leases are extended meanwhile).",
+        _positive_float,
+    )
+    nats_results_max_age: float = _setting(
+        "TASKFLEET_NATS_RESULTS_MAX_AGE",
+        86400.0,
+        "Seconds results are kept in the results stream.",
+        _positive_float,
+    )
+    nats_connect_timeout: float = _setting(
+        "TASKFLEET_NATS_CONNECT_TIMEOUT",
+        5.0,
+        "Seconds the first NATS connection may take before start-up fails.",
+        _positive_float,
+    )
+    # -- the pool ---------------------------------------------------------------------------
+    state_dir: str = _setting(
+        "TASKFLEET_STATE_DIR",
+        "",
+        "Directory for the result spool and the embedded server's store"
+        " (default `$XDG_STATE_HOME/taskfleet`, i.e. `~/.local/state/taskfleet`).",
+    )
+    drain_timeout: float = _setting(
+        "TASKFLEET_DRAIN_TIMEOUT",
+        30.0,
+        "Seconds in-flight tasks may take to finish after SIGTERM before they are handed back.",
+        _nonneg_float,
+    )
+    kill_grace: float = _setting(
+        "TASKFLEET_KILL_GRACE",
+        2.0,
+        "Seconds between SIGTERM and SIGKILL when a process is killed (time limit, wedged).",
+        _nonneg_float,
+    )
+    heartbeat_timeout: float = _setting(
+        "TASKFLEET_HEARTBEAT_TIMEOUT",
+        30.0,
+        "Seconds without a heartbeat after which a worker process is treated as wedged.",
+        _positive_float,
+    )
+    restart_backoff_max: float = _setting(
+        "TASKFLEET_RESTART_BACKOFF_MAX",
+        30.0,
+        "Upper bound, seconds, of the delay before restarting a process that keeps crashing.",
+        _positive_float,
+    )
+    start_method: str = _setting(
+        "TASKFLEET_START_METHOD",
+        "",
+        "`forkserver` (Linux default), `spawn` (default elsewhere) or `fork` (opt-in).",
+        _choice("", "forkserver", "spawn", "fork"),
+    )
+    # -- observability ----------------------------------------------------------------------
+    metrics_address: str = _setting(
+        "TASKFLEET_METRICS_ADDRESS",
+        "127.0.0.1:9464",
+        "host:port of the supervisor's HTTP endpoint (/metrics /healthz /readyz /workers);"
+        " port 0 picks a free port; `off` disables it.",
+    )
+    metrics_token: str = _setting(
+        "TASKFLEET_METRICS_TOKEN",
+        "",
+        "When set, the HTTP endpoint requires `Authorization: Bearer <token>`.",
+        secret=True,
+    )
+    metrics_textfile: str = _setting(
+        "TASKFLEET_METRICS_TEXTFILE",
+        "",
+        "Path of a `.prom` file rewritten periodically for node-exporter's textfile collector.",
+    )
+    log_level: str = _setting(
+        "TASKFLEET_LOG_LEVEL",
+        "info",
+        "Log level.",
+        _choice("debug", "info", "warning", "error", "critical"),
+    )
+    log_format: str = _setting(
+        "TASKFLEET_LOG_FORMAT",
+        "text",
+        "`text` or `json` (one JSON object per line).",
+        _choice("text", "json"),
+    )
+
+    # ----------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Configuration:
+        """Read every setting from ``env`` (default ``os.environ``); ``overrides`` win.
+
+        Raises:
+            ConfigurationError: naming the variable when a value does not parse.
+        """
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            var = f.metadata["env"]
+            if var in env and env[var] != "":
+                values[f.name] = _parse(f, var, env[var])
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigurationError(sorted(unknown)[0], "is not a setting of Configuration")
+        values.update(overrides)
+        return cls(**values).validate()
+
+    def validate(self) -> Configuration:
+        """Check relations between settings; return self."""
+        for f in dataclasses.fields(self):
+            parse = f.metadata["parse"]
+            value = getattr(self, f.name)
+            if (
+                parse is not None
+                and isinstance(value, (int, float))
+                and not isinstance(value, bool)
+            ):
+                _parse(f, f.metadata["env"], str(value))
+            elif parse is not None and isinstance(value, str):
+                _parse(f, f.metadata["env"], value)
+        if self.conductor_server_url:
+            _check_url("CONDUCTOR_SERVER_URL", self.conductor_server_url, ("http", "https"))
+        for url in self.nats_urls:
+            _check_url("NATS_URL", url, ("nats", "tls", "ws", "wss"))
+        if self.source == "auto" and self.conductor_server_url and self.nats_url:
+            raise ConfigurationError(
+                "TASKFLEET_SOURCE",
+                "both CONDUCTOR_SERVER_URL and NATS_URL are set; choose one with"
+                " TASKFLEET_SOURCE=conductor or TASKFLEET_SOURCE=nats",
+            )
+        if self.resolved_source == "conductor" and not self.conductor_server_url:
+            raise ConfigurationError("CONDUCTOR_SERVER_URL", "is required for the conductor source")
+        if bool(self.conductor_auth_key) != bool(self.conductor_auth_secret):
+            missing = "CONDUCTOR_AUTH_SECRET" if self.conductor_auth_key else "CONDUCTOR_AUTH_KEY"
+            raise ConfigurationError(missing, "is required when the other auth setting is set")
+        self.metrics_bind  # noqa: B018 - parses and raises on a bad address
+        return self
+
+    def replace(self, **changes: Any) -> Configuration:
+        return dataclasses.replace(self, **changes).validate()
+
+    # -- derived values ---------------------------------------------------------------------
+
+    @property
+    def resolved_source(self) -> str:
+        """The source actually used: conductor, nats (maybe embedded) or memory."""
+        if self.source != "auto":
+            return self.source
+        return "conductor" if self.conductor_server_url else "nats"
+
+    @property
+    def embedded_nats(self) -> bool:
+        return self.resolved_source == "nats" and not self.nats_url
+
+    @property
+    def nats_urls(self) -> list[str]:
+        return [u.strip() for u in self.nats_url.split(",") if u.strip()]
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.state_dir or _state_home())
+
+    @property
+    def metrics_bind(self) -> tuple[str, int] | None:
+        """(host, port) of the HTTP endpoint, or None when disabled."""
+        text = self.metrics_address.strip()
+        if text.lower() in ("off", "none", "false", "0", ""):
+            return None
+        host, sep, port = text.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ConfigurationError(
+                "TASKFLEET_METRICS_ADDRESS", f"expected host:port or off, got {text!r}"
+            )
+        return (host.strip("[]") or "127.0.0.1", int(port))
+
+    def describe(self) -> dict[str, Any]:
+        """Settings as a dict with secrets redacted (for logs and `/workers`)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.metadata["secret"] and value:
+                value = "***"
+            elif f.name in ("nats_url", "conductor_server_url") and value:
+                value = redact_url(value)
+            out[f.name] = value
+        return out
+
+
+def _parse(f: dataclasses.Field[Any], var: str, text: str) -> Any:
+    parse = f.metadata["parse"]
+    if parse is None:
+        return text
+    try:
+        return parse(text.strip())
+    except (ValueError, TypeError):
+        expected = getattr(parse, "expected", None) or {
+            _positive_float: "a number > 0",
+            _nonneg_float: "a number >= 0",
+            _positive_int: "an integer >= 1",
+        }.get(parse, "a valid value")
+        raise ConfigurationError(var, f"expected {expected}, got {text!r}") from None
+
+
+def _check_url(var: str, url: str, schemes: tuple[str, ...]) -> None:
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in schemes or not parsed.hostname:
+        raise ConfigurationError(
+            var, f"expected a URL like {schemes[0]}://host:port, got {redact_url(url)!r}"
+        )
+    try:
+        parsed.port  # noqa: B018 - raises on a non-numeric port
+    except ValueError:
+        raise ConfigurationError(var, f"invalid port in {redact_url(url)!r}") from None
+
+
+def redact_url(url: str) -> str:
+    """The URL with any user:password part replaced by ``***``."""
+    out = []
+    for part in url.split(","):
+        parsed = urllib.parse.urlsplit(part.strip())
+        if parsed.username or parsed.password:
+            netloc = "***@" + (parsed.hostname or "") + (f":{parsed.port}" if _port(parsed) else "")
+            out.append(urllib.parse.urlunsplit(parsed._replace(netloc=netloc)))
+        else:
+            out.append(part.strip())
+    return ",".join(out)
+
+
+def _port(parsed: urllib.parse.SplitResult) -> int | None:
+    try:
+        return parsed.port
+    except ValueError:
+        return None
+
+
+#: Every setting: (field name, env var, default, help). Used by docs checks and the CLI.
+SETTINGS: list[tuple[str, str, Any, str]] = [
+    (
+        f.name,
+        f.metadata["env"],
+        f.default if f.default is not dataclasses.MISSING else None,
+        f.metadata["help"],
+    )
+    for f in dataclasses.fields(Configuration)
+]

@@ -1,0 +1,220 @@
+"""Every metric taskfleet exports, defined in one place, and Prometheus multiprocess set-up.
+
+Names follow the Conductor SDKs' canonical set so existing dashboards work; the pool's own
+metrics carry a ``taskfleet_`` prefix. Labels are bounded: ``taskType``, ``status``, and
+``exception`` (an exception *class* name, never a message).
+
+Multiprocess mode: the supervisor picks a directory; each process calls :func:`setup` with it
+before creating any metric. That works even when ``prometheus_client`` was imported earlier in
+the process (e.g. by a forkserver's preloaded modules), because the value class is switched
+explicitly instead of being read from the environment at import time.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["METRIC_NAMES", "Metrics", "get", "setup"]
+
+#: Latency buckets (seconds) for poll, execute and update times.
+TIME_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    300,
+)
+#: Payload size buckets (bytes).
+SIZE_BUCKETS = (64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216)
+
+_EXCEPTION_LABELS = ("taskType", "exception")
+
+
+@dataclass(frozen=True)
+class _Def:
+    kind: str  # counter | gauge | histogram
+    name: str
+    help: str
+    labels: tuple[str, ...]
+    mode: str = ""  # gauge multiprocess mode
+    buckets: tuple[float, ...] = ()
+
+
+DEFINITIONS: tuple[_Def, ...] = (
+    # -- the Conductor SDKs' canonical set --------------------------------------------------
+    _Def("counter", "task_poll", "Poll requests sent", ("taskType",)),
+    _Def(
+        "histogram",
+        "task_poll_time_seconds",
+        "Poll request duration",
+        ("taskType", "status"),
+        buckets=TIME_BUCKETS,
+    ),
+    _Def(
+        "histogram",
+        "task_execute_time_seconds",
+        "Handler execution time by result status",
+        ("taskType", "status"),
+        buckets=TIME_BUCKETS,
+    ),
+    _Def(
+        "histogram",
+        "task_update_time_seconds",
+        "Result delivery duration",
+        ("taskType", "status"),
+        buckets=TIME_BUCKETS,
+    ),
+    _Def("counter", "task_poll_error", "Poll requests that failed", _EXCEPTION_LABELS),
+    _Def("counter", "task_execute_error", "Handler executions that failed", _EXCEPTION_LABELS),
+    _Def("counter", "task_update_error", "Result deliveries that failed", _EXCEPTION_LABELS),
+    _Def(
+        "histogram",
+        "task_result_size_bytes",
+        "Serialized output payload size",
+        ("taskType",),
+        buckets=SIZE_BUCKETS,
+    ),
+    _Def("gauge", "active_workers", "Live worker processes", ("taskType",), mode="livesum"),
+    _Def(
+        "counter", "worker_restart", "Worker processes restarted, by cause", ("taskType", "reason")
+    ),
+    # -- the pool's own ---------------------------------------------------------------------
+    _Def("counter", "taskfleet_tasks_received", "Tasks received from the source", ("taskType",)),
+    _Def(
+        "gauge",
+        "taskfleet_tasks_in_flight",
+        "Tasks received and not yet reported",
+        ("taskType",),
+        mode="livesum",
+    ),
+    _Def(
+        "gauge",
+        "taskfleet_worker_slots",
+        "Execution slots of live worker processes",
+        ("taskType",),
+        mode="livesum",
+    ),
+    _Def(
+        "counter",
+        "taskfleet_lease_extensions",
+        "Lease extensions / in-progress acks sent",
+        ("taskType",),
+    ),
+    _Def(
+        "counter", "taskfleet_results_spooled", "Results written to the local spool", ("taskType",)
+    ),
+    _Def(
+        "gauge", "taskfleet_spool_depth", "Results waiting in the local spool", (), mode="livemax"
+    ),
+    _Def(
+        "counter",
+        "taskfleet_time_limit_kills",
+        "Processes killed for a task past its time limit",
+        ("taskType",),
+    ),
+    _Def(
+        "counter",
+        "taskfleet_tasks_lost",
+        "In-flight tasks of a dead process reported by the supervisor",
+        ("taskType", "reason"),
+    ),
+    _Def("counter", "taskfleet_nats_redeliveries", "Tasks delivered more than once", ("taskType",)),
+    _Def("counter", "taskfleet_dead_letters", "Tasks dead-lettered", ("taskType", "reason")),
+    _Def(
+        "gauge",
+        "taskfleet_last_poll_success_timestamp_seconds",
+        "Unix time of the last successful poll",
+        ("taskType",),
+        mode="livemax",
+    ),
+)
+
+METRIC_NAMES: frozenset[str] = frozenset(d.name for d in DEFINITIONS)
+
+
+class Metrics:
+    """The metric objects of one process, as attributes named after the metrics."""
+
+    def __init__(self, registry: Any = None) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        for d in DEFINITIONS:
+            attr = d.name
+            if d.kind == "counter":
+                metric: Any = Counter(d.name, d.help, d.labels, registry=self.registry)
+            elif d.kind == "gauge":
+                metric = Gauge(
+                    d.name,
+                    d.help,
+                    d.labels,
+                    registry=self.registry,
+                    multiprocess_mode=d.mode or "livesum",  # type: ignore[arg-type]
+                )
+            else:
+                metric = Histogram(
+                    d.name, d.help, d.labels, registry=self.registry, buckets=d.buckets
+                )
+            setattr(self, attr, metric)
+
+    def __getattr__(self, name: str) -> Any:  # for type checkers: attributes set dynamically
+        raise AttributeError(name)
+
+
+_lock = threading.Lock()
+_metrics: Metrics | None = None
+_multiproc_dir: str | None = None
+
+
+def setup(multiproc_dir: str | None) -> None:
+    """Choose this process's mode before its first metric: multiprocess (files in a directory
+    shared by the pool) or in-process. Called by every taskfleet process at start."""
+    global _metrics, _multiproc_dir
+    from prometheus_client import values
+
+    with _lock:
+        if multiproc_dir:
+            os.makedirs(multiproc_dir, exist_ok=True)
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = multiproc_dir
+            values.ValueClass = values.MultiProcessValue()
+        _multiproc_dir = multiproc_dir
+        _metrics = None
+
+
+def multiproc_dir() -> str | None:
+    return _multiproc_dir
+
+
+def get() -> Metrics:
+    """This process's metrics (created on first use)."""
+    global _metrics
+    m = _metrics
+    if m is None:
+        with _lock:
+            if _metrics is None:
+                _metrics = Metrics()
+            m = _metrics
+    return m
+
+
+def mark_process_dead(pid: int) -> None:
+    """Forget the live gauges of a dead process (counters keep counting: they never go back)."""
+    if _multiproc_dir:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid, _multiproc_dir)

@@ -1,0 +1,88 @@
+"""The one small interface every task source implements.
+
+A source is created inside the process that uses it (a worker child, or the supervisor) from a
+picklable :class:`~taskfleet.config.Configuration`, never inherited across a fork. All methods are
+coroutines on that process's event loop; blocking clients (``requests``) run their calls in a
+thread of their own and stay behind this interface, so the runner has one loop for every source.
+
+Errors: transport exceptions never cross this boundary. A failed call raises
+:class:`~taskfleet.task.SourceError` (``retryable`` says whether trying again can help).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..task import Task, TaskResult
+
+__all__ = ["PollRequest", "TaskSource", "WorkerBinding"]
+
+
+@dataclass(frozen=True)
+class PollRequest:
+    """Ask for at most ``count`` tasks of one type, waiting up to ``timeout`` seconds."""
+
+    task_type: str
+    count: int
+    timeout: float
+    worker_id: str
+    domain: str = ""
+
+
+@dataclass(frozen=True)
+class WorkerBinding:
+    """What a source must know about a worker type to serve it (provisioning, consumers)."""
+
+    task_type: str
+    processes: int = 1
+    threads: int = 1
+    output_subject: str = ""
+    max_attempts: int = 0  # 0: the source's default
+    time_limit: float | None = None
+
+
+class TaskSource(abc.ABC):
+    """A place tasks come from and results go to.
+
+    The lifetime is ``start()`` → any number of calls → ``close()``; ``close()`` is safe to call
+    twice or without ``start()``.
+    """
+
+    #: Short name used in logs and metrics labels ("conductor", "nats", "memory").
+    name: str = "source"
+
+    async def start(self) -> None:  # noqa: B027 - optional hook, empty by default
+        """Open connections. Raises SourceError (or ConfigurationError) when that is impossible."""
+
+    async def prepare(self, workers: Sequence[WorkerBinding]) -> None:  # noqa: B027
+        """Provision what the workers need on the server (streams, consumers). Idempotent.
+
+        Called once by the supervisor before any child starts.
+        """
+
+    @abc.abstractmethod
+    async def poll(self, request: PollRequest) -> list[Task]:
+        """Return up to ``request.count`` tasks; an empty list when none came within the timeout."""
+
+    @abc.abstractmethod
+    async def report(self, task: Task, result: TaskResult, *, chain: bool = False) -> Task | None:
+        """Deliver a result, then settle the task (ack after result).
+
+        Args:
+            task: the task (a :meth:`Task.slim` copy is enough).
+            result: the outcome; a failure's retry behaviour follows its status and the task's
+                attempt (retry with backoff, or terminal / dead-lettered when attempts are spent).
+            chain: the caller has a free slot: a source that can hand out the next task in the
+                same round trip (Conductor ``update-v2``) may return it.
+
+        Returns:
+            The next task when ``chain`` was granted and the server had one, else None.
+        """
+
+    async def extend(self, tasks: Sequence[Task]) -> None:  # noqa: B027
+        """Tell the server these tasks are still being worked on (lease / in-progress ack)."""
+
+    async def close(self) -> None:  # noqa: B027
+        """Release connections. Safe to call twice."""

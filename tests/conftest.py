@@ -1,0 +1,1 @@
+"""Shared fixtures. Slow tests (real processes, real servers) are marked `slow`."""

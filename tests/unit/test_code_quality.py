@@ -1,0 +1,32 @@
+"""The code stays ruff- and mypy-clean: a lint or type error fails the suite, not just a reviewer."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, check=False, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.skipif(
+    shutil.which("ruff") is None and not Path(sys.prefix, "bin", "ruff").exists(),
+    reason="ruff is not installed (it comes with the dev extra)",
+)
+def test_ruff_finds_nothing():
+    ruff = shutil.which("ruff") or str(Path(sys.prefix, "bin", "ruff"))
+    result = _run(ruff, "check", "src", "tests", "scripts", "examples")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_mypy_finds_nothing():
+    result = _run(sys.executable, "-m", "mypy")
+    assert result.returncode == 0, result.stdout + result.stderr
