@@ -22,7 +22,8 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 )
 def test_ruff_finds_nothing():
     ruff = shutil.which("ruff") or str(Path(sys.prefix, "bin", "ruff"))
-    result = _run(ruff, "check", "src", "tests", "scripts", "examples")
+    targets = [d for d in ("src", "tests", "scripts", "examples") if (ROOT / d).exists()]
+    result = _run(ruff, "check", *targets)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
