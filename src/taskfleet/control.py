@@ -54,6 +54,11 @@ class ControlClient:
         self._conn = conn
         self._broken = conn is None
 
+    @property
+    def connected(self) -> bool:
+        """True while a supervisor is listening."""
+        return not self._broken
+
     def _send(self, message: tuple[Any, ...]) -> None:
         if self._broken:
             return

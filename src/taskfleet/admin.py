@@ -1,0 +1,151 @@
+"""The supervisor's HTTP endpoint: ``/metrics``, ``/healthz``, ``/readyz``, ``/workers``.
+
+``/metrics`` aggregates every process of the pool (Prometheus multiprocess mode), in the text
+format, or OpenMetrics when the scraper asks for it. ``/healthz`` is liveness (the supervisor's
+loop turns); ``/readyz`` is readiness (every worker type has a process whose last poll succeeded
+recently), so a server outage makes the pool not-ready without making it not-alive. ``/workers``
+is JSON about each process. With ``TASKFLEET_METRICS_TOKEN`` set, every path requires
+``Authorization: Bearer <token>``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
+
+from . import metrics
+from .config import Configuration
+
+if TYPE_CHECKING:
+    from .handler import TaskHandler
+
+__all__ = ["AdminServer", "render_metrics"]
+
+log = logging.getLogger("taskfleet.admin")
+
+TEXTFILE_EVERY = 15.0
+
+
+def render_metrics(accept: str = "") -> tuple[bytes, str]:
+    """The pool's metrics as (body, content type), aggregated over every process."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.exposition import choose_encoder
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    directory = metrics.multiproc_dir()
+    if directory:
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=directory)
+    else:
+        registry = metrics.get().registry
+    encoder, content_type = choose_encoder(accept)
+    return encoder(registry), content_type
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s " + format, self.address_string(), *args)
+
+    def _send(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, status: int, obj: Any) -> None:
+        self._send(status, json.dumps(obj, indent=1).encode(), "application/json")
+
+    def _authorised(self) -> bool:
+        token = self.server.token
+        if not token:
+            return True
+        given = self.headers.get("Authorization", "")
+        return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+
+    def do_HEAD(self) -> None:
+        self.do_GET()
+
+    def do_GET(self) -> None:
+        if not self._authorised():
+            self._send(401, b"unauthorized\n", "text/plain")
+            return
+        path = self.path.split("?", 1)[0].rstrip("/") or "/"
+        pool = self.server.pool
+        if path == "/metrics":
+            body, content_type = render_metrics(self.headers.get("Accept", ""))
+            self._send(200, body, content_type)
+        elif path == "/healthz":
+            alive = pool.alive()
+            self._send(200 if alive else 503, b"ok\n" if alive else b"not alive\n", "text/plain")
+        elif path == "/readyz":
+            ready, why = pool.ready()
+            self._send(200 if ready else 503, (why + "\n").encode(), "text/plain")
+        elif path == "/workers":
+            self._json(200, {"pid": os.getpid(), "workers": pool.workers_status()})
+        elif path == "/":
+            self._send(200, b"taskfleet: /metrics /healthz /readyz /workers\n", "text/plain")
+        else:
+            self._send(404, b"not found\n", "text/plain")
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    pool: TaskHandler
+    token: str
+
+
+class AdminServer:
+    """Serves the endpoint on a daemon thread; ``periodic()`` writes the optional textfile."""
+
+    def __init__(self, pool: TaskHandler, config: Configuration) -> None:
+        bind = config.metrics_bind
+        assert bind is not None
+        self._server = _Server(bind, _Handler)
+        self._server.pool = pool
+        self._server.token = config.metrics_token
+        self._textfile = config.metrics_textfile
+        self._next_textfile = 0.0
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="taskfleet-http", daemon=True
+        )
+        host, port = self._server.server_address[:2]
+        self.url = f"http://{host!s}:{port}"
+
+    def start(self) -> None:
+        self._thread.start()
+        log.info("metrics and health on %s/metrics", self.url)
+
+    def periodic(self, now: float) -> None:
+        if self._textfile and now >= self._next_textfile:
+            self._next_textfile = now + TEXTFILE_EVERY
+            self.write_textfile()
+
+    def write_textfile(self) -> None:
+        """Write the metrics for node-exporter's textfile collector (atomically, via rename)."""
+        body, _ = render_metrics()
+        tmp = f"{self._textfile}.{os.getpid()}.tmp"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(body)
+            os.replace(tmp, self._textfile)
+        except OSError as exc:
+            log.warning("cannot write metrics textfile %s: %s", self._textfile, exc)
+
+    def stop(self) -> None:
+        if self._textfile:
+            self.write_textfile()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)

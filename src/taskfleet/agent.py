@@ -1,0 +1,123 @@
+"""The supervisor's own connection to the task source, on an asyncio loop in a thread.
+
+The supervisor reports the in-flight tasks of dead worker processes, hands back unfinished tasks
+at the end of a drain, extends leases of long tasks (so a handler that holds the GIL cannot
+starve them), and delivers spooled results of task types no process is flushing. All of it goes
+through this agent, whose methods are safe to call from any thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Coroutine, Sequence
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+from . import metrics
+from .delivery import Delivery
+from .sources.base import TaskSource, WorkerBinding
+from .spool import Spool
+from .task import SourceError, Task, TaskResult
+
+__all__ = ["SourceAgent"]
+
+log = logging.getLogger("taskfleet.agent")
+T = TypeVar("T")
+
+
+class SourceAgent:
+    """Runs ``source`` on a private event loop thread."""
+
+    def __init__(self, source: TaskSource, spool: Spool | None) -> None:
+        self.source = source
+        self.delivery = Delivery(source, spool)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="taskfleet-agent", daemon=True
+        )
+        self._thread.start()
+        self._closed = False
+        self._pending: set[Future[Any]] = set()
+        self._lock = threading.Lock()
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run a coroutine on the agent's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def submit(self, coro: Coroutine[Any, Any, Any]) -> Future[Any]:
+        """Run a coroutine on the agent's loop without waiting (tracked until done)."""
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        with self._lock:
+            self._pending.add(future)
+        future.add_done_callback(self._forget)
+        return future
+
+    def _forget(self, future: Future[Any]) -> None:
+        with self._lock:
+            self._pending.discard(future)
+        if not future.cancelled() and future.exception() is not None:
+            log.error("supervisor source call failed: %r", future.exception())
+
+    def start(self, bindings: Sequence[WorkerBinding], timeout: float = 60.0) -> None:
+        """Connect and provision. Raises SourceError/ConfigurationError when impossible."""
+
+        async def go() -> None:
+            await self.source.start()
+            await self.source.prepare(bindings)
+
+        self.call(go(), timeout)
+
+    def report(self, task: Task, result: TaskResult) -> Future[Any]:
+        """Deliver ``result`` for ``task`` (retries, then the spool), in the background."""
+        return self.submit(self.delivery.deliver(task, result, chain=False))
+
+    def extend(self, tasks: Sequence[Task]) -> Future[Any]:
+        async def go() -> None:
+            try:
+                await self.source.extend(tasks)
+            except SourceError as exc:
+                log.warning("lease extension of %d task(s) failed: %s", len(tasks), exc)
+                return
+            m = metrics.get()
+            for task in tasks:
+                m.taskfleet_lease_extensions.labels(task.task_type).inc()
+
+        return self.submit(go())
+
+    def flush_spool(self) -> Future[Any]:
+        async def go() -> None:
+            try:
+                await self.delivery.flush(None)
+            except SourceError as exc:
+                log.debug("spool flush postponed: %s", exc)
+
+        return self.submit(go())
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until every submitted call finished (reports delivered or spooled)."""
+        with self._lock:
+            pending = list(self._pending)
+        for future in pending:
+            try:
+                future.result(timeout)
+            except Exception:
+                pass
+        with self._lock:
+            return not self._pending
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Finish pending reports, close the source, stop the loop. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self.wait_idle(timeout)
+        try:
+            self.call(self.source.close(), timeout=10)
+        except Exception as exc:
+            log.warning("closing the supervisor's source: %r", exc)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        if not self._thread.is_alive():
+            self._loop.close()

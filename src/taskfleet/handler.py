@@ -1,0 +1,753 @@
+"""``TaskHandler``: the supervisor of a pool of worker processes.
+
+It starts one process per worker definition (``processes=N`` for more), and keeps the design's
+promises on their behalf, because it knows what each of them is doing (the control channel):
+
+- a process that dies (segfault in a ``.so``, ``os._exit``, OOM kill, kill -9) has its in-flight
+  tasks reported FAILED at once, naming the signal, and is restarted with backoff;
+- a task past its ``time_limit`` gets its process killed (SIGTERM, grace, SIGKILL), is reported as
+  timed out (retryable ``FAILED``), and the process is replaced;
+- a process whose loop stops sending heartbeats is treated as wedged: killed, reported, restarted;
+- leases of long tasks are extended from here, so a handler holding the GIL cannot starve them;
+- SIGTERM/SIGINT drains: children stop polling and finish within ``drain_timeout``; what is left
+  is handed back (FAILED, so the server retries now); a second signal stops at once.
+
+The supervisor's threads: the caller's (start/join/stop), the monitor (reads every child's pipe and
+sentinel, acts on deadlines), the source agent (its own event loop), and the HTTP endpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import pickle
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from . import metrics
+from .agent import SourceAgent
+from .config import Configuration
+from .control import HEARTBEAT, HELLO, LEAVING, RECEIVED, SETTLED, SPOOLED, STOP, ChildStatus
+from .runner import EXIT_START_FAILED, ChildRecipe, child_main, source_key
+from .sources import create_source
+from .sources.base import WorkerBinding
+from .spool import Spool
+from .task import ConfigurationError, Task, TaskStatus
+from .worker import Worker, WorkerOptions, as_worker, options_from_env
+
+__all__ = ["TaskHandler"]
+
+log = logging.getLogger("taskfleet.handler")
+
+#: How often the monitor wakes when nothing happens (deadlines, leases, restarts).
+TICK = 0.1
+#: A child that lived this long (or completed a task) is considered healthy: its next crash
+#: restarts it at once instead of with a growing delay.
+HEALTHY_AFTER = 30.0
+
+
+class State(str, Enum):
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    WAITING = "waiting to restart"
+    STOPPED = "stopped"
+
+
+@dataclass
+class InFlight:
+    task: Task
+    started: float  # monotonic
+    deadline: float | None  # monotonic; None: no time limit
+    lease_every: float | None  # seconds between lease extensions
+    next_lease: float | None
+
+
+@dataclass
+class Child:
+    """One process slot: a worker type and its index; survives restarts of the process."""
+
+    worker: Worker
+    options: WorkerOptions
+    index: int
+    process: Any = None
+    conn: Connection | None = None
+    pid: int = 0
+    state: State = State.STARTING
+    started: float = 0.0
+    last_heartbeat: float = 0.0
+    status: ChildStatus | None = None
+    slots: int = 0
+    in_flight: dict[str, InFlight] = field(default_factory=dict)
+    restarts: int = 0
+    crashes_in_a_row: int = 0
+    restart_at: float = 0.0
+    last_exit: str = ""
+    leaving: str = ""
+    kill_reason: str = ""  # why the supervisor is killing it (time limit, wedged, drain)
+    sigkill_at: float | None = None
+    timed_out: set[str] = field(default_factory=set)
+
+    @property
+    def task_type(self) -> str:
+        return self.worker.task_type
+
+    @property
+    def name(self) -> str:
+        return f"{self.task_type}#{self.index}"
+
+    def describe(self) -> dict[str, Any]:
+        status = self.status
+        return {
+            "name": self.name,
+            "task_type": self.task_type,
+            "index": self.index,
+            "pid": self.pid or None,
+            "state": self.state.value,
+            "threads": self.options.threads,
+            "in_flight": len(self.in_flight),
+            "completed": status.completed if status else 0,
+            "restarts": self.restarts,
+            "last_exit": self.last_exit,
+            "last_error": status.last_error if status else "",
+            "last_poll_ok": status.last_poll_ok if status else 0.0,
+            "polling": bool(status and status.polling),
+        }
+
+
+def _default_start_method() -> str:
+    return "forkserver" if sys.platform.startswith("linux") else "spawn"
+
+
+def _exit_reason(exitcode: int | None) -> tuple[str, str]:
+    """(human reason, bounded metric label) for a process exit code."""
+    if exitcode is None:
+        return "worker process vanished", "unknown"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        return f"worker process killed by {name}", name
+    return f"worker process exited with code {exitcode}", f"exit_{exitcode}"
+
+
+class TaskHandler:
+    """Run ``workers`` in a supervised pool of processes.
+
+    ``with TaskHandler(workers) as handler: handler.start_processes(); handler.join_processes()``
+
+    Args:
+        workers: ``@worker_task`` functions, :class:`Worker` or ``WorkerInterface`` objects.
+        configuration: settings (default: :meth:`Configuration.from_env`).
+        hooks: objects with optional ``before_``/``after_`` poll, execute and report methods,
+            sent to every worker process (they must be picklable).
+        install_signal_handlers: drain on SIGTERM/SIGINT (only possible from the main thread).
+
+    Raises:
+        ConfigurationError: at construction, naming the setting, when workers or settings are invalid.
+    """
+
+    def __init__(
+        self,
+        workers: Iterable[Any],
+        configuration: Configuration | None = None,
+        *,
+        hooks: Sequence[Any] = (),
+        install_signal_handlers: bool = True,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.config = (configuration or Configuration.from_env(env)).validate()
+        environ = os.environ if env is None else env
+        self.workers = [as_worker(w) for w in workers]
+        if not self.workers:
+            raise ConfigurationError("workers", "no workers given")
+        seen: set[str] = set()
+        self._children: list[Child] = []
+        for worker in self.workers:
+            if worker.task_type in seen:
+                raise ConfigurationError(
+                    "workers", f"task type {worker.task_type!r} is defined twice"
+                )
+            seen.add(worker.task_type)
+            options = options_from_env(worker.task_type, worker.options, environ).validate(
+                worker.task_type
+            )
+            for index in range(options.processes):
+                self._children.append(Child(worker, options, index))
+        self.hooks = tuple(hooks)
+        self._install_signals = install_signal_handlers
+        method = self.config.start_method or _default_start_method()
+        self._ctx = multiprocessing.get_context(method)
+        self._lock = threading.RLock()
+        self._started = False
+        self._stopping = False
+        self._stop_now = False
+        self._drain_deadline: float | None = None
+        self._done = threading.Event()
+        self._monitor: threading.Thread | None = None
+        self._agent: SourceAgent | None = None
+        self._spool: Spool | None = None
+        self._metrics_dir: str | None = None
+        self._child_config = self.config
+        self._embedded: Any = None
+        self._http: Any = None
+        self._old_handlers: dict[int, Any] = {}
+        self._last_tick = time.monotonic()
+        self._next_flush = 0.0
+        self._stopped_at: float | None = None
+        self.started_at = 0.0
+
+    # -- context manager ----------------------------------------------------------------------
+
+    def __enter__(self) -> TaskHandler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_processes()
+
+    # -- public API ---------------------------------------------------------------------------
+
+    @property
+    def metrics_url(self) -> str | None:
+        """Base URL of the HTTP endpoint once started (None when disabled)."""
+        return None if self._http is None else self._http.url
+
+    def start_processes(self) -> None:
+        """Provision the source, start every worker process, the monitor and the HTTP endpoint.
+
+        Raises:
+            ConfigurationError: a worker cannot be sent to a process, or a setting is unusable.
+            SourceError: the source cannot be reached or provisioned at start-up.
+        """
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+        self.started_at = time.monotonic()
+        self._check_picklable()
+        self._metrics_dir = tempfile.mkdtemp(prefix="taskfleet-metrics-")
+        metrics.setup(self._metrics_dir)
+        try:
+            self._start_source()
+            self._start_http()
+        except BaseException:
+            self._cleanup()
+            raise
+        now = time.monotonic()
+        for child in self._children:
+            self._spawn(child, now)
+        self._monitor = threading.Thread(
+            target=self._monitor_loop, name="taskfleet-monitor", daemon=True
+        )
+        self._monitor.start()
+        if self._install_signals and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old_handlers[sig] = signal.signal(sig, self._on_signal)
+        log.info(
+            "started %d worker process(es) for %s on %s",
+            len(self._children),
+            ", ".join(sorted({c.task_type for c in self._children})),
+            source_key(self._child_config),
+        )
+
+    def join_processes(self, timeout: float | None = None) -> bool:
+        """Block until the pool has stopped (after a signal or :meth:`stop_processes`).
+
+        Returns False when ``timeout`` passed first.
+        """
+        if not self._started:
+            return True
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._done.is_set():
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            # Short waits keep the main thread responsive to signals.
+            self._done.wait(0.2 if remaining is None else min(0.2, remaining))
+        return True
+
+    def stop_processes(self, timeout: float | None = None) -> None:
+        """Drain: stop polling, let in-flight tasks finish within the drain timeout, hand back the
+        rest, stop everything. Safe to call twice and before start."""
+        if not self._started:
+            return
+        self.request_stop()
+        self.join_processes(timeout)
+
+    def request_stop(self, immediately: bool = False) -> None:
+        """Begin a drain (or, with ``immediately``, end it now). Returns without waiting."""
+        with self._lock:
+            if self._stopping and not immediately:
+                return
+            first = not self._stopping
+            self._stopping = True
+            if immediately:
+                self._stop_now = True
+            if first:
+                self._drain_deadline = time.monotonic() + self.config.drain_timeout
+                log.info(
+                    "draining: %d task(s) in flight, up to %.0fs",
+                    sum(len(c.in_flight) for c in self._children),
+                    self.config.drain_timeout,
+                )
+
+    def workers_status(self) -> list[dict[str, Any]]:
+        """What ``/workers`` shows: one entry per process slot."""
+        with self._lock:
+            return [c.describe() for c in self._children]
+
+    def ready(self) -> tuple[bool, str]:
+        """Readiness: every worker type has a live process whose last poll succeeded recently
+        (or whose slots are all busy). A server outage makes the pool not ready."""
+        if not self._started or self._stopping:
+            return False, "not running"
+        now = time.time()
+        with self._lock:
+            for task_type in sorted({c.task_type for c in self._children}):
+                children = [c for c in self._children if c.task_type == task_type]
+                ok = False
+                for c in children:
+                    s = c.status
+                    if c.state is not State.RUNNING or s is None:
+                        continue
+                    window = max(
+                        10.0,
+                        3 * c.options.poll_timeout / 1000.0 + 2 * c.options.poll_interval / 1000.0,
+                    )
+                    busy = s.in_flight >= c.options.threads
+                    if (
+                        busy
+                        or c.options.paused
+                        or (s.last_poll_ok and now - s.last_poll_ok < window)
+                    ):
+                        ok = True
+                        break
+                if not ok:
+                    return False, f"{task_type}: no process polled successfully recently"
+        return True, "ok"
+
+    def alive(self) -> bool:
+        """Liveness: the monitor loop is turning."""
+        return (
+            self._monitor is not None
+            and self._monitor.is_alive()
+            and (time.monotonic() - self._last_tick < 10.0)
+        )
+
+    # -- start-up -----------------------------------------------------------------------------
+
+    def _check_picklable(self) -> None:
+        for child in self._children:
+            try:
+                pickle.dumps((child.worker, child.options, self.hooks))
+            except Exception as exc:
+                raise ConfigurationError(
+                    child.task_type,
+                    "the worker cannot be sent to a worker process: define its handler at module"
+                    f" level in an importable module (pickling failed: {exc})",
+                ) from None
+
+    def _bindings(self) -> list[WorkerBinding]:
+        out: list[WorkerBinding] = []
+        for worker in self.workers:
+            options = next(c.options for c in self._children if c.worker is worker)
+            out.append(
+                WorkerBinding(
+                    worker.task_type,
+                    options.processes,
+                    options.threads,
+                    options.output_subject or "",
+                    options.max_attempts,
+                    options.time_limit,
+                )
+            )
+        return out
+
+    def _start_source(self) -> None:
+        config = self.config
+        if config.resolved_source == "nats" and not config.nats_url:
+            from .natsserver import start_embedded
+
+            self._embedded = start_embedded(config)
+            config = config.replace(nats_url=self._embedded.url, source="nats")
+        self._child_config = config
+        self._spool = Spool(config.state_path / "spool.sqlite3", source_key(config))
+        self._agent = SourceAgent(create_source(config), self._spool)
+        self._agent.start(self._bindings())
+
+    def _start_http(self) -> None:
+        if self.config.metrics_bind is None:
+            return
+        from .admin import AdminServer
+
+        self._http = AdminServer(self, self.config)
+        self._http.start()
+
+    # -- processes ----------------------------------------------------------------------------
+
+    def _spawn(self, child: Child, now: float) -> None:
+        parent_conn, child_conn = self._ctx.Pipe(duplex=True)
+        recipe = ChildRecipe(
+            child.worker,
+            child.options,
+            child.index,
+            self._child_config,
+            self._metrics_dir,
+            child_conn,
+            self.hooks,
+        )
+        process = self._ctx.Process(  # type: ignore[attr-defined]
+            target=child_main, args=(recipe,), name=f"taskfleet {child.name}", daemon=False
+        )
+        process.start()
+        child_conn.close()
+        child.process = process
+        child.conn = parent_conn
+        child.pid = process.pid or 0
+        child.state = State.STARTING
+        child.started = now
+        child.last_heartbeat = now
+        child.status = None
+        child.leaving = ""
+        child.kill_reason = ""
+        child.sigkill_at = None
+        child.timed_out = set()
+        log.debug("started %s as pid %d", child.name, child.pid)
+
+    def _monitor_loop(self) -> None:
+        try:
+            while True:
+                self._last_tick = time.monotonic()
+                conns = [c.conn for c in self._children if c.conn is not None]
+                sentinels = [
+                    c.process.sentinel
+                    for c in self._children
+                    if c.process is not None and c.state is not State.STOPPED
+                ]
+                ready = wait(conns + sentinels, timeout=TICK)
+                for obj in ready:
+                    if isinstance(obj, Connection):
+                        self._read(obj)
+                now = time.monotonic()
+                for child in self._children:
+                    gone = child.process is not None and not child.process.is_alive()
+                    if gone and child.state is not State.STOPPED:
+                        self._on_exit(child, now)
+                self._check_deadlines(now)
+                if self._stopping:
+                    if self._drain_step(now):
+                        break
+                else:
+                    self._restart_due(now)
+                    self._periodic(now)
+        except Exception:
+            log.exception("supervisor monitor failed; stopping the pool")
+            self._kill_all("supervisor error")
+        finally:
+            self._shutdown()
+
+    def _child_for(self, conn: Connection) -> Child | None:
+        for c in self._children:
+            if c.conn is conn:
+                return c
+        return None
+
+    def _read(self, conn: Connection) -> None:
+        child = self._child_for(conn)
+        if child is None:
+            return
+        # Drain everything queued on this pipe now: received-task messages must be seen
+        # before the process's death is handled.
+        while True:
+            try:
+                if not conn.poll():
+                    return
+                message = conn.recv()
+            except (EOFError, OSError):
+                conn.close()
+                child.conn = None
+                return
+            self._handle(child, message)
+
+    def _handle(self, child: Child, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        now = time.monotonic()
+        child.last_heartbeat = now
+        with self._lock:
+            if kind == RECEIVED:
+                opts = child.options
+                for task in message[1]:
+                    deadline = now + opts.time_limit if opts.time_limit else None
+                    every = self._lease_interval(opts, task)
+                    child.in_flight[task.task_id] = InFlight(
+                        task, now, deadline, every, now + every if every else None
+                    )
+            elif kind == SETTLED:
+                for task_id in message[1]:
+                    child.in_flight.pop(task_id, None)
+            elif kind == HEARTBEAT:
+                child.status = message[1]
+                if child.state is State.STARTING:
+                    child.state = State.RUNNING
+                if child.status is not None and child.status.completed:
+                    child.crashes_in_a_row = 0
+            elif kind == HELLO:
+                child.slots = message[2]
+                if child.state is State.STARTING:
+                    child.state = State.RUNNING
+                if self._stopping:
+                    self._send(child, (STOP,))
+            elif kind == LEAVING:
+                child.leaving = str(message[1])
+            elif kind == SPOOLED:
+                pass  # counted by the child's own metrics
+
+    def _lease_interval(self, opts: WorkerOptions, task: Task) -> float | None:
+        if opts.lease_extend is False:
+            return None
+        if not isinstance(opts.lease_extend, bool):
+            return float(opts.lease_extend)
+        clock = task.response_timeout_seconds
+        if not clock and self._child_config.resolved_source == "nats":
+            clock = self._child_config.nats_ack_wait
+        return clock / 2 if clock else None
+
+    def _send(self, child: Child, message: tuple[Any, ...]) -> None:
+        if child.conn is None:
+            return
+        try:
+            child.conn.send(message)
+        except (OSError, ValueError):
+            pass
+
+    # -- deaths and restarts ------------------------------------------------------------------
+
+    def _on_exit(self, child: Child, now: float) -> None:
+        process = child.process
+        process.join(0.5)
+        if child.conn is not None:
+            self._read(child.conn)  # what the child said last (settled tasks, goodbye)
+            if child.conn is not None:
+                child.conn.close()
+                child.conn = None
+        exitcode = process.exitcode
+        reason, label = _exit_reason(exitcode)
+        clean = exitcode == 0 and child.leaving
+        if child.kill_reason:
+            reason = f"{reason} ({child.kill_reason})"
+            label = child.kill_reason.split(":")[0].replace(" ", "_")
+        elif clean:
+            reason = child.leaving
+            label = "recycled" if child.leaving.startswith("recycled") else "exited"
+        child.last_exit = reason
+        metrics.mark_process_dead(child.pid)
+        self._report_lost(child, reason)
+        if self._stopping:
+            child.state = State.STOPPED
+            log.info("%s (pid %d) stopped: %s", child.name, child.pid, reason)
+            return
+        if exitcode == EXIT_START_FAILED:
+            child.crashes_in_a_row += 1
+        elif clean:
+            child.crashes_in_a_row = 0
+        elif now - child.started > HEALTHY_AFTER:
+            child.crashes_in_a_row = 1
+        else:
+            child.crashes_in_a_row += 1
+        delay = 0.0
+        if child.crashes_in_a_row > 1:
+            delay = min(self.config.restart_backoff_max, 0.25 * 2 ** (child.crashes_in_a_row - 2))
+        child.restarts += 1
+        child.state = State.WAITING
+        child.restart_at = now + delay
+        metrics.get().worker_restart.labels(child.task_type, label).inc()
+        level = logging.INFO if clean else logging.WARNING
+        log.log(level, "%s (pid %d): %s; restarting in %.2fs", child.name, child.pid, reason, delay)
+
+    def _report_lost(self, child: Child, reason: str, *, hand_back: bool = False) -> None:
+        """Report every task the process still held, at once, so the server retries it now."""
+        with self._lock:
+            lost = list(child.in_flight.values())
+            child.in_flight.clear()
+        if not lost:
+            return
+        assert self._agent is not None
+        m = metrics.get()
+        for entry in lost:
+            task = entry.task
+            if task.task_id in child.timed_out:
+                continue  # already reported when its deadline passed
+            result = task.result(TaskStatus.FAILED, reason=reason, worker_id=child.options.identity)
+            result.exception = "WorkerLost"
+            if hand_back:
+                result.retry_after = 0.0
+            self._agent.report(task, result)
+            m.taskfleet_tasks_lost.labels(task.task_type, "drain" if hand_back else "crash").inc()
+        log.warning("%s: reported %d in-flight task(s) FAILED: %s", child.name, len(lost), reason)
+
+    def _restart_due(self, now: float) -> None:
+        for child in self._children:
+            if child.state is State.WAITING and now >= child.restart_at:
+                self._spawn(child, now)
+
+    # -- deadlines: time limits, wedged processes, kills, leases ------------------------------
+
+    def _check_deadlines(self, now: float) -> None:
+        extend: list[Task] = []
+        with self._lock:
+            for child in self._children:
+                if child.process is None or child.state in (State.STOPPED, State.WAITING):
+                    continue
+                if child.sigkill_at is not None and now >= child.sigkill_at:
+                    self._signal(child, signal.SIGKILL)
+                    child.sigkill_at = None
+                for entry in child.in_flight.values():
+                    if (
+                        entry.deadline is not None
+                        and now >= entry.deadline
+                        and entry.task.task_id not in child.timed_out
+                    ):
+                        self._time_limit_passed(child, entry, now)
+                    if (
+                        entry.next_lease is not None
+                        and entry.lease_every
+                        and now >= entry.next_lease
+                    ):
+                        entry.next_lease = now + entry.lease_every
+                        if entry.task.task_id not in child.timed_out:
+                            extend.append(entry.task)
+                if (
+                    not child.kill_reason
+                    and now - child.last_heartbeat > self.config.heartbeat_timeout
+                ):
+                    child.kill_reason = (
+                        f"wedged: no heartbeat for {now - child.last_heartbeat:.0f}s"
+                    )
+                    log.error(
+                        "%s (pid %d) is %s; killing it", child.name, child.pid, child.kill_reason
+                    )
+                    self._signal(child, signal.SIGKILL)
+        if extend and self._agent is not None:
+            self._agent.extend(extend)
+
+    def _time_limit_passed(self, child: Child, entry: InFlight, now: float) -> None:
+        limit = child.options.time_limit
+        task = entry.task
+        reason = f"timed out after {limit:g}s (time_limit); worker process killed"
+        child.timed_out.add(task.task_id)
+        result = task.result(TaskStatus.FAILED, reason=reason, worker_id=child.options.identity)
+        result.exception = "TimeLimitExceeded"
+        assert self._agent is not None
+        self._agent.report(task, result)
+        metrics.get().taskfleet_time_limit_kills.labels(child.task_type).inc()
+        if not child.kill_reason:
+            child.kill_reason = f"time limit: task {task.task_id} ran past {limit:g}s"
+            log.error("%s (pid %d): %s; killing it", child.name, child.pid, child.kill_reason)
+            self._signal(child, signal.SIGTERM)
+            child.sigkill_at = now + self.config.kill_grace
+
+    def _signal(self, child: Child, sig: signal.Signals) -> None:
+        if child.pid and child.process is not None and child.process.is_alive():
+            try:
+                os.kill(child.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def _kill_all(self, reason: str) -> None:
+        for child in self._children:
+            if child.process is not None and child.state is not State.STOPPED:
+                child.kill_reason = child.kill_reason or reason
+                self._signal(child, signal.SIGKILL)
+
+    def _periodic(self, now: float) -> None:
+        if now >= self._next_flush and self._agent is not None:
+            self._next_flush = now + 10.0
+            if self._agent.delivery.spool_pending or (
+                self._spool is not None and self._spool.count() > 0
+            ):
+                self._agent.flush_spool()
+        if self._http is not None:
+            self._http.periodic(now)
+
+    # -- drain --------------------------------------------------------------------------------
+
+    def _drain_step(self, now: float) -> bool:
+        """One step of the drain. Returns True when every process has stopped."""
+        for child in self._children:
+            if child.state is State.WAITING:
+                child.state = State.STOPPED
+            elif child.state in (State.STARTING, State.RUNNING):
+                child.state = State.STOPPING
+                self._send(child, (STOP,))
+        deadline = self._drain_deadline or now
+        if self._stop_now or now >= deadline:
+            for child in self._children:
+                if child.state is State.STOPPING and not child.kill_reason:
+                    child.kill_reason = (
+                        "stopped at once" if self._stop_now else "drain timeout passed"
+                    )
+                    with self._lock:
+                        held = list(child.in_flight)
+                    if held:
+                        log.warning("%s: handing back %d unfinished task(s)", child.name, len(held))
+                    self._report_lost(
+                        child,
+                        "handed back: not finished within the drain timeout"
+                        if not self._stop_now
+                        else "handed back: the pool was stopped",
+                        hand_back=True,
+                    )
+                    self._signal(child, signal.SIGKILL)
+        return all(c.state is State.STOPPED or c.process is None for c in self._children)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        # Signal handlers only set flags; the monitor acts on them.
+        if self._stopping:
+            log.warning("second %s: stopping at once", signal.Signals(signum).name)
+            self.request_stop(immediately=True)
+        else:
+            log.info("%s received: draining", signal.Signals(signum).name)
+            self.request_stop()
+
+    def _shutdown(self) -> None:
+        for child in self._children:
+            if child.process is not None and child.process.is_alive():
+                child.process.join(5)
+        self._cleanup()
+        for sig, old in self._old_handlers.items():
+            try:
+                signal.signal(sig, old)
+            except ValueError:
+                pass  # not in the main thread any more; the process is ending anyway
+        self._done.set()
+        log.info("pool stopped")
+
+    def _cleanup(self) -> None:
+        if self._agent is not None:
+            self._agent.close(timeout=self.config.drain_timeout + 30)
+            self._agent = None
+        if self._http is not None:
+            self._http.stop()
+            self._http = None
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
+        if self._embedded is not None:
+            self._embedded.stop()
+            self._embedded = None
+        if self._metrics_dir:
+            shutil.rmtree(self._metrics_dir, ignore_errors=True)
+            self._metrics_dir = None
+        if not self._monitor:
+            self._done.set()

@@ -1,0 +1,556 @@
+"""The loop of one worker process: poll sized to free slots → execute → report, with backoff.
+
+One asyncio loop per process serves every source. Synchronous handlers run in a thread pool of
+``threads`` slots (native calls release the GIL, so they run in parallel); ``async def``
+handlers run on the loop, at most ``threads`` at a time. Poll, execute and report stay apart:
+
+- **poll** asks only for as many tasks as there are free slots; an empty answer backs off
+  exponentially (with jitter) up to ``poll_interval``, an error backs off up to 2 s, then 10 s
+  once the outage is older than a minute — a dead server costs a few requests a minute.
+- **execute** binds input to the handler, turns its return value or exception into a
+  :class:`~taskfleet.task.TaskResult`, and never lets bad input or output kill the process.
+- **report** goes through :class:`~taskfleet.delivery.Delivery` (retries, then the spool); a
+  chained next task from the server runs in the freed slot without a poll.
+
+The supervisor is told about every task received and settled (the control channel), so it can
+report them if this process dies, and extend their leases while the handler holds the GIL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import os
+import random
+import resource
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from . import metrics
+from .config import Configuration
+from .context import TaskContext, task_context
+from .control import ChildStatus, ControlClient
+from .delivery import Delivery
+from .sources.base import PollRequest, TaskSource
+from .spool import Spool
+from .task import ConfigurationError, SourceError, Task, TaskResult, TaskStatus
+from .worker import Worker, WorkerOptions, result_from_exception, to_result
+
+__all__ = ["Backoff", "ChildRecipe", "Runner", "child_main"]
+
+log = logging.getLogger("taskfleet.runner")
+
+HEARTBEAT_INTERVAL = 1.0
+#: Exit codes of a worker process (the supervisor reads them).
+EXIT_OK = 0
+EXIT_START_FAILED = 3
+
+
+class Backoff:
+    """Exponential backoff with full jitter: ``next()`` returns a delay in [base, cap]-ish range.
+
+    The cap can change while backing off (errors: 2 s at first, 10 s once an outage is long).
+    """
+
+    def __init__(self, base: float, cap: float) -> None:
+        self.base = base
+        self.cap = cap
+        self.failures = 0
+        self.since: float | None = None
+
+    def next(self) -> float:
+        if self.since is None:
+            self.since = time.monotonic()
+        self.failures += 1
+        ceiling = min(self.cap, self.base * (2 ** min(self.failures - 1, 30)))
+        return random.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        self.failures = 0
+        self.since = None
+
+    @property
+    def elapsed(self) -> float:
+        return 0.0 if self.since is None else time.monotonic() - self.since
+
+
+@dataclass
+class _Stats:
+    completed: int = 0
+    last_poll_ok: float = 0.0
+    last_error: str = ""
+
+
+class Runner:
+    """Runs one worker type in this process until stopped.
+
+    Args:
+        worker: the worker definition.
+        options: its effective options (env overrides applied by the supervisor).
+        source: a source, not yet started (the runner starts and closes it).
+        spool: the durable result spool (None: results that cannot be delivered are lost).
+        control: the channel to the supervisor (a disconnected client when run alone).
+        hooks: objects with optional ``before_``/``after_`` poll, execute and report methods.
+    """
+
+    def __init__(
+        self,
+        worker: Worker,
+        source: TaskSource,
+        *,
+        options: WorkerOptions | None = None,
+        spool: Spool | None = None,
+        control: ControlClient | None = None,
+        hooks: Sequence[Any] = (),
+        max_tasks: int = 0,
+    ) -> None:
+        self.worker = worker
+        self.options = options or worker.options
+        self.source = source
+        self.spool = spool
+        self.control = control or ControlClient(None)
+        self.hooks = list(hooks)
+        self.worker_id = self.options.identity
+        self.task_type = worker.task_type
+        self.slots = self.options.threads
+        #: stop after this many tasks (0: never); used by `taskfleet local` and tests
+        self.max_tasks = max_tasks or self.options.max_tasks_per_child
+        self.stop_reason = ""
+        self._stats = _Stats()
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._stopping = False
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._delivery: Delivery | None = None
+        self._polling = False
+
+    # -- control ------------------------------------------------------------------------------
+
+    def request_stop(self, reason: str) -> None:
+        """Stop polling and finish in-flight tasks. Safe from any thread and from signal handlers."""
+        loop = self._loop
+        if loop is None:
+            self._stopping = True
+            self.stop_reason = self.stop_reason or reason
+            return
+        loop.call_soon_threadsafe(self._stop_now, reason)
+
+    def _stop_now(self, reason: str) -> None:
+        if not self._stopping:
+            log.info(
+                "%s: stopping (%s); %d task(s) in flight",
+                self.task_type,
+                reason,
+                len(self._running),
+            )
+        self._stopping = True
+        self.stop_reason = self.stop_reason or reason
+        if self._wake is not None:
+            self._wake.set()
+
+    # -- hooks --------------------------------------------------------------------------------
+
+    def _hook(self, name: str, *args: Any) -> None:
+        # before-hooks in order, after-hooks in reverse; a failing hook is logged, never fatal.
+        hooks = self.hooks if name.startswith("before_") else reversed(self.hooks)
+        for hook in hooks:
+            method = getattr(hook, name, None)
+            if method is None:
+                continue
+            try:
+                method(*args)
+            except Exception:
+                log.exception("hook %s.%s failed", type(hook).__name__, name)
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    async def run(self) -> str:
+        """Poll, execute and report until stopped; returns why it stopped.
+
+        Raises:
+            SourceError, ConfigurationError: when the source cannot start.
+        """
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        if self._stopping:
+            self._wake.set()
+        m = metrics.get()
+        m.active_workers.labels(self.task_type).set(1)
+        m.taskfleet_worker_slots.labels(self.task_type).set(self.slots)
+        if not self.worker.is_async:
+            self._executor = ThreadPoolExecutor(
+                self.slots, thread_name_prefix=f"tf-{self.task_type}"
+            )
+        await self.source.start()
+        self._delivery = Delivery(self.source, self.spool, on_spooled=self.control.spooled)
+        self.control.hello(self.slots)
+        heartbeat = asyncio.create_task(self._heartbeat())
+        try:
+            await self._poll_loop()
+            # Drain: no more polls; let in-flight tasks finish and report.
+            while self._running:
+                await asyncio.wait(list(self._running.values()))
+            await self._flush_spool_quietly()
+        finally:
+            heartbeat.cancel()
+            self._send_heartbeat()
+            if self._executor is not None:
+                self._executor.shutdown(wait=False, cancel_futures=True)
+            await self.source.close()
+            m.active_workers.labels(self.task_type).set(0)
+            m.taskfleet_worker_slots.labels(self.task_type).set(0)
+        return self.stop_reason or "stopped"
+
+    async def _poll_loop(self) -> None:
+        assert self._wake is not None and self._delivery is not None
+        empty = Backoff(0.001, max(self.options.poll_interval, 1) / 1000.0)
+        errors = Backoff(0.1, 2.0)
+        m = metrics.get()
+        while not self._stopping:
+            if self.options.paused:
+                self._polling = False
+                await self._sleep(1.0)
+                continue
+            if self._delivery.spool_pending:
+                try:
+                    await self._delivery.flush(self.task_type)
+                except SourceError as exc:
+                    self._record_error(exc)
+                    await self._sleep(self._error_delay(errors))
+                    continue
+            free = self.slots - len(self._running)
+            if free <= 0:
+                self._polling = False
+                await self._sleep(None)
+                continue
+            self._polling = True
+            request = PollRequest(
+                self.task_type,
+                free,
+                self.options.poll_timeout / 1000.0,
+                self.worker_id,
+                self.options.domain or "",
+            )
+            self._hook("before_poll", self.task_type)
+            started = time.monotonic()
+            m.task_poll.labels(self.task_type).inc()
+            try:
+                tasks = await self.source.poll(request)
+            except SourceError as exc:
+                m.task_poll_time_seconds.labels(self.task_type, "error").observe(
+                    time.monotonic() - started
+                )
+                m.task_poll_error.labels(self.task_type, type(exc).__name__).inc()
+                self._record_error(exc)
+                self._hook("after_poll", self.task_type, [])
+                await self._sleep(self._error_delay(errors))
+                continue
+            elapsed = time.monotonic() - started
+            m.task_poll_time_seconds.labels(self.task_type, "ok").observe(elapsed)
+            self._stats.last_poll_ok = time.time()
+            m.taskfleet_last_poll_success_timestamp_seconds.labels(self.task_type).set(
+                self._stats.last_poll_ok
+            )
+            if errors.failures:
+                log.info(
+                    "%s: polling again after %d failed poll(s)", self.task_type, errors.failures
+                )
+                errors.reset()
+            self._hook("after_poll", self.task_type, tasks)
+            if tasks:
+                empty.reset()
+                self._start(tasks)
+            else:
+                # The wait is measured from the start of the poll: a long poll that waited its
+                # full timeout polls again at once, a server that answers instantly is not hammered.
+                await self._sleep(empty.next() - elapsed)
+
+    def _error_delay(self, errors: Backoff) -> float:
+        errors.cap = 10.0 if errors.elapsed > 60.0 else 2.0
+        return errors.next()
+
+    def _record_error(self, exc: BaseException) -> None:
+        self._stats.last_error = f"{type(exc).__name__}: {exc}"[:300]
+        log.warning("%s: %s", self.task_type, self._stats.last_error)
+
+    async def _sleep(self, seconds: float | None) -> None:
+        """Sleep (None: until woken), waking early when asked to stop or when a slot frees up."""
+        if seconds is not None and seconds <= 0:
+            return
+        assert self._wake is not None
+        self._wake.clear()
+        # Re-check after clearing: a stop or a freed slot may have come while we were busy.
+        if self._stopping or (seconds is None and len(self._running) < self.slots):
+            return
+        try:
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    async def _heartbeat(self) -> None:
+        parent = os.getppid()
+        while True:
+            self._send_heartbeat()
+            if self.control.connected and os.getppid() != parent:
+                self._stop_now("supervisor gone")
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+
+    def _send_heartbeat(self) -> None:
+        self.control.heartbeat(
+            ChildStatus(
+                in_flight=len(self._running),
+                completed=self._stats.completed,
+                last_poll_ok=self._stats.last_poll_ok,
+                last_error=self._stats.last_error,
+                polling=self._polling and not self._stopping,
+            )
+        )
+
+    async def _flush_spool_quietly(self) -> None:
+        assert self._delivery is not None
+        if self._delivery.spool_pending:
+            try:
+                await self._delivery.flush(self.task_type)
+            except SourceError as exc:
+                log.warning("%s: spooled results stay in the spool: %s", self.task_type, exc)
+
+    # -- tasks --------------------------------------------------------------------------------
+
+    def _start(self, tasks: Sequence[Task]) -> None:
+        self.control.received(tasks)
+        m = metrics.get()
+        m.taskfleet_tasks_received.labels(self.task_type).inc(len(tasks))
+        for task in tasks:
+            self._running[task.task_id] = asyncio.create_task(self._slot(task))
+        m.taskfleet_tasks_in_flight.labels(self.task_type).set(len(self._running))
+
+    async def _slot(self, task: Task | None) -> None:
+        """Run a task, report it, and run chained tasks in the same slot."""
+        assert self._delivery is not None
+        first_id = task.task_id if task else ""
+        try:
+            while task is not None:
+                result = await self._execute(task)
+                chain = not self._stopping and not self.options.paused and not self._recycle_due()
+                self._hook("before_report", task, result)
+                error: BaseException | None = None
+                next_task: Task | None = None
+                try:
+                    next_task = await self._delivery.deliver(task, result, chain=chain)
+                except Exception as exc:  # a bug in a source must not leave the slot hanging
+                    error = exc
+                    log.exception("%s: reporting task %s failed", self.task_type, task.task_id)
+                self._hook("after_report", task, result, error)
+                self.control.settled([task.task_id])
+                self._stats.completed += 1
+                if self._recycle_due():
+                    self._stop_now(self._recycle_reason())
+                if next_task is not None:
+                    self.control.received([next_task])
+                    metrics.get().taskfleet_tasks_received.labels(self.task_type).inc()
+                task = next_task
+        finally:
+            self._running.pop(first_id, None)
+            metrics.get().taskfleet_tasks_in_flight.labels(self.task_type).set(len(self._running))
+            if self._wake is not None:
+                self._wake.set()
+
+    async def _execute(self, task: Task) -> TaskResult:
+        self._hook("before_execute", task)
+        m = metrics.get()
+        ctx = TaskContext(task, self.worker_id)
+        started = time.monotonic()
+        try:
+            if self.worker.is_async:
+                coro = self._call_async(task, ctx)
+                if self.options.time_limit:
+                    try:
+                        result = await asyncio.wait_for(coro, self.options.time_limit)
+                    except asyncio.TimeoutError:
+                        result = task.result(
+                            TaskStatus.FAILED,
+                            reason=f"timed out after {self.options.time_limit:g}s (time_limit)",
+                            worker_id=self.worker_id,
+                        )
+                        result.exception = "TimeoutError"
+                else:
+                    result = await coro
+            else:
+                assert self._loop is not None
+                call = contextvars.copy_context().run
+                result = await self._loop.run_in_executor(
+                    self._executor, call, self._call_sync, task, ctx
+                )
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            result = result_from_exception(task, exc, self.worker_id)
+        result.logs[:0] = ctx.logs
+        duration = time.monotonic() - started
+        m.task_execute_time_seconds.labels(self.task_type, result.status.value).observe(duration)
+        if result.status.is_failure:
+            m.task_execute_error.labels(self.task_type, result.exception or "TaskFailed").inc()
+            log.info(
+                "%s: task %s failed: %s",
+                self.task_type,
+                task.task_id,
+                result.reason_for_incompletion,
+            )
+        self._hook("after_execute", task, result)
+        return result
+
+    def _call_sync(self, task: Task, ctx: TaskContext) -> TaskResult:
+        with task_context(ctx):
+            try:
+                if self.worker.style == "task":
+                    value = self.worker.handler(task)
+                else:
+                    value = self.worker.handler(**self.worker.bind(task))
+                return to_result(task, value, self.worker_id)
+            except BaseException as exc:
+                return result_from_exception(task, exc, self.worker_id)
+
+    async def _call_async(self, task: Task, ctx: TaskContext) -> TaskResult:
+        with task_context(ctx):
+            try:
+                if self.worker.style == "task":
+                    value = await self.worker.handler(task)
+                else:
+                    value = await self.worker.handler(**self.worker.bind(task))
+                return to_result(task, value, self.worker_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                return result_from_exception(task, exc, self.worker_id)
+
+    # -- recycling ----------------------------------------------------------------------------
+
+    def _recycle_due(self) -> bool:
+        return bool(self._recycle_reason())
+
+    def _recycle_reason(self) -> str:
+        if self.max_tasks and self._stats.completed >= self.max_tasks:
+            return f"recycled after {self._stats.completed} tasks"
+        limit = self.options.max_memory_per_child
+        if limit:
+            rss = _rss_mib()
+            if rss > limit:
+                return f"recycled at {rss:.0f} MiB resident (max_memory_per_child={limit})"
+        return ""
+
+
+def _rss_mib() -> float:
+    """Current resident set size in MiB (Linux /proc; peak RSS elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
+    except (OSError, ValueError, IndexError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 1024 if sys.platform != "darwin" else peak / (1024 * 1024)
+
+
+# ------------------------------------------------------------------------------------------
+# The worker process entry point
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChildRecipe:
+    """Everything a worker process needs, picklable: it builds its own clients from this."""
+
+    worker: Worker
+    options: WorkerOptions
+    index: int
+    config: Configuration
+    metrics_dir: str | None
+    conn: Connection | None
+    hooks: tuple[Any, ...] = ()
+
+
+def child_main(recipe: ChildRecipe) -> None:
+    """Body of a worker process (a module-level function, so every start method can run it)."""
+    from .sources import create_source
+
+    # The supervisor decides about Ctrl-C for the whole pool; SIGTERM means "drain".
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(
+        level=recipe.config.log_level.upper(),
+        format=f"%(asctime)s %(levelname)s %(name)s [{os.getpid()}] %(message)s",
+    )
+    metrics.setup(recipe.metrics_dir)
+    control = ControlClient(recipe.conn)
+    try:
+        source = create_source(recipe.config)
+        spool = Spool(recipe.config.state_path / "spool.sqlite3", source_key(recipe.config))
+    except (ConfigurationError, SourceError) as exc:
+        log.error("%s: cannot start: %s", recipe.worker.task_type, exc)
+        control.leaving(f"start failed: {exc}")
+        sys.exit(EXIT_START_FAILED)
+    runner = Runner(
+        recipe.worker,
+        source,
+        options=recipe.options,
+        spool=spool,
+        control=control,
+        hooks=recipe.hooks,
+    )
+    signal.signal(signal.SIGTERM, lambda *_: runner.request_stop("SIGTERM"))
+    control.listen(runner.request_stop)
+    try:
+        reason = asyncio.run(runner.run())
+    except (ConfigurationError, SourceError) as exc:
+        log.error("%s: cannot start: %s", recipe.worker.task_type, exc)
+        control.leaving(f"start failed: {exc}")
+        sys.exit(EXIT_START_FAILED)
+    finally:
+        spool.close()
+    control.leaving(reason)
+    sys.exit(EXIT_OK)
+
+
+def source_key(config: Configuration) -> str:
+    """Identifies the server results belong to, so a spool is never delivered elsewhere."""
+    from .config import redact_url
+
+    if config.resolved_source == "conductor":
+        return "conductor " + redact_url(config.conductor_server_url)
+    if config.resolved_source == "nats":
+        return f"nats {config.nats_prefix} " + ",".join(redact_url(u) for u in config.nats_urls)
+    return config.resolved_source
+
+
+def run_inline(
+    worker: Worker,
+    source: TaskSource,
+    *,
+    max_tasks: int = 0,
+    until: Callable[[], bool] | None = None,
+) -> str:
+    """Run a worker in this process (no supervisor) until ``max_tasks`` are done or ``until()``."""
+
+    async def main() -> str:
+        runner = Runner(worker, source, max_tasks=max_tasks)
+        if until is not None:
+
+            async def watch() -> None:
+                while not until():
+                    await asyncio.sleep(0.01)
+                runner.request_stop("done")
+
+            watcher = asyncio.create_task(watch())
+            try:
+                return await runner.run()
+            finally:
+                watcher.cancel()
+        return await runner.run()
+
+    return asyncio.run(main())

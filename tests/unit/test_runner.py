@@ -1,0 +1,204 @@
+"""The runner's loop, in one process over the in-memory source: execute, report, retry, spool."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass
+
+import pytest
+
+from taskfleet import NonRetryableError, Task, TaskInProgress, TaskStatus, add_log, worker_task
+from taskfleet.delivery import Delivery
+from taskfleet.runner import Backoff, Runner, run_inline
+from taskfleet.sources.memory import MemorySource
+from taskfleet.spool import Spool
+
+
+@worker_task("add")
+def add(x: int, y: int) -> dict:
+    add_log(f"adding {x} and {y}")
+    return {"sum": x + y}
+
+
+@dataclass
+class Point:
+    x: float
+    y: float
+
+
+@worker_task("norm", threads=2)
+async def norm(p: Point) -> float:
+    await asyncio.sleep(0)
+    return (p.x**2 + p.y**2) ** 0.5
+
+
+def test_completed_results_carry_output_and_logs():
+    source = MemorySource()
+    t = source.add("add", {"x": 2, "y": 3})
+    run_inline(add, source, max_tasks=1)
+    result = source.final(t.task_id)
+    assert result is not None and result.status is TaskStatus.COMPLETED
+    assert result.output_data == {"sum": 5}
+    assert [entry.log for entry in result.logs] == ["adding 2 and 3"]
+
+
+def test_async_handler_gets_dataclass_input_and_scalar_output_under_result():
+    source = MemorySource()
+    t = source.add("norm", {"p": {"x": 3, "y": 4}})
+    run_inline(norm, source, max_tasks=1)
+    assert source.final(t.task_id).output_data == {"result": 5.0}
+
+
+def test_input_that_does_not_fit_fails_terminally_naming_the_parameter_and_the_worker_goes_on():
+    source = MemorySource()
+    bad = source.add("add", {"x": "two", "y": 3})
+    good = source.add("add", {"x": 1, "y": 1})
+    run_inline(add, source, max_tasks=2)
+    result = source.final(bad.task_id)
+    assert result.status is TaskStatus.FAILED_WITH_TERMINAL_ERROR
+    assert "x" in result.reason_for_incompletion
+    assert source.final(good.task_id).output_data == {"sum": 2}
+
+
+def test_unserialisable_output_fails_the_task_with_a_reason():
+    @worker_task("bad_output")
+    def bad_output() -> dict:
+        return {"y": [object()]}
+
+    source = MemorySource()
+    t = source.add("bad_output")
+    run_inline(bad_output, source, max_tasks=1)
+    result = source.final(t.task_id)
+    assert result.status is TaskStatus.FAILED_WITH_TERMINAL_ERROR
+    assert "output.y[0]" in result.reason_for_incompletion
+
+
+def test_exceptions_fail_retryably_and_non_retryable_errors_terminally():
+    calls = {"n": 0}
+
+    @worker_task("flaky")
+    def flaky(kind: str) -> dict:
+        calls["n"] += 1
+        if kind == "terminal":
+            raise NonRetryableError("bad order")
+        if calls["n"] < 3:
+            raise RuntimeError("transient")
+        return {"ok": True}
+
+    source = MemorySource(max_attempts=5)
+    retried = source.add("flaky", {"kind": "retry"})
+    run_inline(flaky, source, max_tasks=3)
+    statuses = [r.status for r in source.results[retried.task_id]]
+    assert statuses == [TaskStatus.FAILED, TaskStatus.FAILED, TaskStatus.COMPLETED]
+    assert source.results[retried.task_id][0].exception == "RuntimeError"
+
+    terminal = source.add("flaky", {"kind": "terminal"})
+    run_inline(flaky, source, max_tasks=1)
+    assert source.final(terminal.task_id).status is TaskStatus.FAILED_WITH_TERMINAL_ERROR
+    assert source.final(terminal.task_id).reason_for_incompletion == "bad order"
+
+
+def test_task_in_progress_is_reported_and_the_task_comes_back():
+    @worker_task("slowpoke")
+    def slowpoke(task: Task) -> object:
+        if task.poll_count < 2:
+            return TaskInProgress(callback_after_seconds=5, output={"step": task.poll_count})
+        return {"done": True}
+
+    source = MemorySource()
+    t = source.add("slowpoke")
+    run_inline(slowpoke, source, max_tasks=3)
+    statuses = [r.status for r in source.results[t.task_id]]
+    assert statuses == [TaskStatus.IN_PROGRESS, TaskStatus.IN_PROGRESS, TaskStatus.COMPLETED]
+    assert source.results[t.task_id][0].callback_after_seconds == 5
+
+
+def test_async_time_limit_fails_the_task_retryably():
+    @worker_task("sleepy", time_limit=0.05)
+    async def sleepy() -> None:
+        await asyncio.sleep(10)
+
+    source = MemorySource()
+    t = source.add("sleepy")
+    run_inline(sleepy, source, max_tasks=1)
+    result = source.final(t.task_id)
+    assert result.status is TaskStatus.FAILED
+    assert "time_limit" in result.reason_for_incompletion
+
+
+def test_threads_run_sync_handlers_concurrently_and_polls_ask_only_for_free_slots():
+    barrier = threading.Barrier(3, timeout=5)
+
+    @worker_task("meet", threads=3)
+    def meet() -> dict:
+        barrier.wait()  # passes only when 3 handlers run at the same time
+        return {}
+
+    class Recording(MemorySource):
+        counts: list[int] = []
+
+        async def poll(self, request):
+            self.counts.append(request.count)
+            return await super().poll(request)
+
+    source = Recording()
+    ids = [source.add("meet").task_id for _ in range(6)]
+    run_inline(meet, source, max_tasks=6)
+    assert all(source.final(i).status is TaskStatus.COMPLETED for i in ids)
+    assert max(source.counts) <= 3
+
+
+def test_poll_errors_back_off_and_polling_recovers():
+    source = MemorySource()
+    source.fail_polls = 3
+    t = source.add("add", {"x": 1, "y": 2})
+    run_inline(add, source, max_tasks=1)
+    assert source.final(t.task_id).status is TaskStatus.COMPLETED
+    assert source.polls >= 4
+
+
+def test_backoff_grows_exponentially_with_jitter_up_to_the_cap():
+    b = Backoff(0.1, 2.0)
+    delays = [b.next() for _ in range(8)]
+    assert 0.05 <= delays[0] <= 0.1
+    assert 0.1 <= delays[2] <= 0.4
+    assert all(d <= 2.0 for d in delays) and delays[-1] >= 1.0
+    b.reset()
+    assert b.next() <= 0.1
+
+
+def test_a_result_that_cannot_be_delivered_goes_to_the_spool_and_is_delivered_later(
+    tmp_path, monkeypatch
+):
+    # Shrink the retry budget so the test does not wait out the production backoff.
+    monkeypatch.setattr("taskfleet.delivery.REPORT_MAX_SECONDS", 0.2)
+    spool = Spool(tmp_path / "spool.sqlite3", "memory")
+    source = MemorySource()
+    t = source.add("add", {"x": 4, "y": 4})
+    source.fail_reports = 100  # the server is down for longer than the retry budget
+
+    async def run() -> None:
+        await Runner(add, source, spool=spool, max_tasks=1).run()
+
+    asyncio.run(run())
+    assert source.final(t.task_id) is None
+    assert spool.count("add") == 1
+
+    source.fail_reports = 0  # the server is back: the next runner delivers before polling
+    delivery = Delivery(source, spool)
+    assert delivery.spool_pending
+    assert asyncio.run(delivery.flush("add")) == 1
+    assert source.final(t.task_id).output_data == {"sum": 8}
+    assert spool.count() == 0
+    spool.close()
+
+
+def test_runner_stops_promptly_when_asked_while_idle():
+    source = MemorySource()
+    started = time.monotonic()
+    stop_at = started + 0.3
+    reason = run_inline(add, source, until=lambda: time.monotonic() > stop_at)
+    assert reason == "done"
+    assert time.monotonic() - started < 5
