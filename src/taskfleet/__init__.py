@@ -5,6 +5,7 @@ The public API is what this module exports; implementation modules are private b
 
 from .config import Configuration
 from .context import TaskContext, add_log, get_task_context
+from .handler import TaskHandler
 from .task import (
     ConfigurationError,
     DecodeError,
@@ -30,6 +31,8 @@ __all__ = [
     "WorkerInterface",
     "WorkerOptions",
     "worker_task",
+    # running workers
+    "TaskHandler",
     # inside a handler
     "TaskContext",
     "add_log",

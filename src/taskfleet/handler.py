@@ -235,18 +235,25 @@ class TaskHandler:
                 return
             self._started = True
         self.started_at = time.monotonic()
-        self._check_picklable()
-        self._metrics_dir = tempfile.mkdtemp(prefix="taskfleet-metrics-")
-        metrics.setup(self._metrics_dir)
         try:
+            self._check_picklable()
+            self._metrics_dir = tempfile.mkdtemp(prefix="taskfleet-metrics-")
+            metrics.setup(self._metrics_dir)
             self._start_source()
             self._start_http()
+            now = time.monotonic()
+            for child in self._children:
+                self._spawn(child, now)
         except BaseException:
+            # Nothing half-started survives a failed start: stop what did start, then re-raise.
+            self._kill_all("start-up failed")
+            for child in self._children:
+                if child.process is not None:
+                    child.process.join(5)
             self._cleanup()
+            self._started = False
+            self._done.set()
             raise
-        now = time.monotonic()
-        for child in self._children:
-            self._spawn(child, now)
         self._monitor = threading.Thread(
             target=self._monitor_loop, name="taskfleet-monitor", daemon=True
         )
@@ -747,6 +754,7 @@ class TaskHandler:
             self._embedded.stop()
             self._embedded = None
         if self._metrics_dir:
+            metrics.setup(None)
             shutil.rmtree(self._metrics_dir, ignore_errors=True)
             self._metrics_dir = None
         if not self._monitor:

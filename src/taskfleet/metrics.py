@@ -192,6 +192,10 @@ def setup(multiproc_dir: str | None) -> None:
             os.makedirs(multiproc_dir, exist_ok=True)
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = multiproc_dir
             values.ValueClass = values.MultiProcessValue()
+        elif _multiproc_dir:
+            # Back to in-process values (a pool in this process stopped and removed its files).
+            os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+            values.ValueClass = values.MutexValue
         _multiproc_dir = multiproc_dir
         _metrics = None
 

@@ -681,8 +681,12 @@ class Worker:
     def __reduce__(self) -> tuple[Any, ...]:
         module = getattr(self, "__module__", None)
         qualname = getattr(self, "__qualname__", None)
-        if module and qualname and _resolve(module, qualname) is self:
+        target = _resolve(module, qualname) if module and qualname else None
+        if target is self:
             return (_load_worker, (module, qualname))
+        if isinstance(target, Worker) and target.handler is self.handler:
+            # A variant of a module-level worker (with_options): the same handler, by reference.
+            return (_load_variant, (module, qualname, self.task_type, self.options, self.style))
         return (_rebuild_worker, (self.task_type, self.handler, self.options, self.style))
 
     def bind(self, task: Task) -> dict[str, Any]:
@@ -711,6 +715,12 @@ def _load_worker(module: str, qualname: str) -> Worker:
     if not isinstance(obj, Worker):
         raise ImportError(f"taskfleet worker {module}.{qualname} not found in the worker process")
     return obj
+
+
+def _load_variant(
+    module: str, qualname: str, task_type: str, options: WorkerOptions, style: str
+) -> Worker:
+    return Worker(task_type, _load_worker(module, qualname).handler, options, style)
 
 
 def _rebuild_worker(

@@ -6,8 +6,7 @@ import asyncio
 import threading
 import time
 from dataclasses import dataclass
-
-import pytest
+from typing import ClassVar
 
 from taskfleet import NonRetryableError, Task, TaskInProgress, TaskStatus, add_log, worker_task
 from taskfleet.delivery import Delivery
@@ -137,7 +136,7 @@ def test_threads_run_sync_handlers_concurrently_and_polls_ask_only_for_free_slot
         return {}
 
     class Recording(MemorySource):
-        counts: list[int] = []
+        counts: ClassVar[list[int]] = []
 
         async def poll(self, request):
             self.counts.append(request.count)

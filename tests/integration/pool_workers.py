@@ -1,0 +1,46 @@
+"""Workers used by the pool tests. Module level, so worker processes import them by name."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from taskfleet import Task, add_log, worker_task
+
+
+@worker_task("square", threads=2, processes=2, poll_interval=20)
+def square(x: int) -> dict:
+    add_log(f"squaring {x}")
+    return {"y": x * x, "pid": os.getpid()}
+
+
+@worker_task("crashy", threads=2, poll_interval=20)
+def crashy(x: int, crash: bool = False) -> dict:
+    if crash:
+        os.kill(os.getpid(), signal.SIGSEGV)
+    time.sleep(0.05)
+    return {"y": x}
+
+
+@worker_task("sleeper", threads=2, poll_interval=20, time_limit=1.0)
+def sleeper(seconds: float) -> dict:
+    time.sleep(seconds)
+    return {"slept": seconds}
+
+
+@worker_task("long_lease", threads=1, poll_interval=20, lease_extend=0.5)
+def long_lease(seconds: float) -> dict:
+    time.sleep(seconds)
+    return {"slept": seconds}
+
+
+@worker_task("blocker", poll_interval=20)
+async def blocker(seconds: float) -> dict:
+    time.sleep(seconds)  # blocks the event loop on purpose: no heartbeats while it runs
+    return {"slept": seconds}
+
+
+@worker_task("whoami", poll_interval=20)
+def whoami(task: Task) -> dict:
+    return {"attempt": task.attempt, "pid": os.getpid()}
