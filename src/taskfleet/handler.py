@@ -235,6 +235,13 @@ class TaskHandler:
                 return
             self._started = True
         self.started_at = time.monotonic()
+        if not logging.getLogger("taskfleet").handlers:
+            # Leave an application's own logging set-up alone; otherwise log like the workers.
+            from .logs import configure_logging, secrets_of
+
+            configure_logging(
+                self.config.log_level, self.config.log_format, secrets=secrets_of(self.config)
+            )
         try:
             self._check_picklable()
             self._metrics_dir = tempfile.mkdtemp(prefix="taskfleet-metrics-")
@@ -384,10 +391,11 @@ class TaskHandler:
     def _start_source(self) -> None:
         config = self.config
         if config.resolved_source == "nats" and not config.nats_url:
-            from .natsserver import start_embedded
+            from .embedded import EmbeddedNats
 
-            self._embedded = start_embedded(config)
-            config = config.replace(nats_url=self._embedded.url, source="nats")
+            self._embedded = EmbeddedNats(config.state_path)
+            url = self._embedded.acquire()
+            config = config.replace(nats_url=url, source="nats")
         self._child_config = config
         self._spool = Spool(config.state_path / "spool.sqlite3", source_key(config))
         self._agent = SourceAgent(create_source(config), self._spool)
@@ -751,7 +759,7 @@ class TaskHandler:
             self._spool.close()
             self._spool = None
         if self._embedded is not None:
-            self._embedded.stop()
+            self._embedded.release()
             self._embedded = None
         if self._metrics_dir:
             metrics.setup(None)

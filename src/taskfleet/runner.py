@@ -38,6 +38,7 @@ from .config import Configuration
 from .context import TaskContext, task_context
 from .control import ChildStatus, ControlClient
 from .delivery import Delivery
+from .hooks import call_hooks
 from .sources.base import PollRequest, TaskSource
 from .spool import Spool
 from .task import ConfigurationError, SourceError, Task, TaskResult, TaskStatus
@@ -159,16 +160,8 @@ class Runner:
     # -- hooks --------------------------------------------------------------------------------
 
     def _hook(self, name: str, *args: Any) -> None:
-        # before-hooks in order, after-hooks in reverse; a failing hook is logged, never fatal.
-        hooks = self.hooks if name.startswith("before_") else reversed(self.hooks)
-        for hook in hooks:
-            method = getattr(hook, name, None)
-            if method is None:
-                continue
-            try:
-                method(*args)
-            except Exception:
-                log.exception("hook %s.%s failed", type(hook).__name__, name)
+        if self.hooks:
+            call_hooks(self.hooks, name, *args)
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -478,13 +471,13 @@ class ChildRecipe:
 
 def child_main(recipe: ChildRecipe) -> None:
     """Body of a worker process (a module-level function, so every start method can run it)."""
+    from .logs import configure_logging, secrets_of
     from .sources import create_source
 
     # The supervisor decides about Ctrl-C for the whole pool; SIGTERM means "drain".
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(
-        level=recipe.config.log_level.upper(),
-        format=f"%(asctime)s %(levelname)s %(name)s [{os.getpid()}] %(message)s",
+    configure_logging(
+        recipe.config.log_level, recipe.config.log_format, secrets=secrets_of(recipe.config)
     )
     metrics.setup(recipe.metrics_dir)
     control = ControlClient(recipe.conn)
