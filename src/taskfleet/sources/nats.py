@@ -1,0 +1,489 @@
+"""NATS JetStream task source: one durable pull consumer per task type, protobuf on the wire.
+
+Promises (``DESIGN.md``, issue 3):
+
+- **Ack after result.** A result is published to ``<prefix>.results.<type>`` with
+  ``Nats-Msg-Id = "<task id>:<attempt>"`` and its PubAck awaited *before* the task is acked, so a
+  crash between the two costs a redelivery whose result the stream de-duplicates.
+- **Settling needs no message object.** Every ack is a plain publish to the task's ``handle``
+  (the JetStream reply subject): ``+ACK``, ``-NAK {"delay": ns}``, ``+WPI``, ``+TERM``. Any process
+  holding a :meth:`Task.slim` copy — the supervisor settling a dead child's task — can settle it.
+- **Retries.** A retryable failure with deliveries left is nak'd with exponential backoff
+  (``retry_base * 2**(attempt-1)``, capped; ``TaskResult.retry_after`` wins) and *no* result is
+  published: the results subject carries one final outcome per task, which is what
+  ``TaskClient.result`` waits for. On the last delivery, or for a terminal error, a FAILED result
+  and a copy of the original task on ``<prefix>.dead.<type>`` (header ``Taskfleet-Reason``) are
+  published, then the task is ``+TERM``'d: on a work-queue stream a message past ``max_deliver``
+  would otherwise stay in the stream forever.
+- **Bad input never kills a worker.** An undecodable message gets a FAILED result and a
+  dead-letter copy with the decode error, is terminated, and ``poll`` goes on.
+- **Pipelines.** A COMPLETED task with an output subject (on the task, or the worker binding's)
+  has its output published there as a new Task (PubAck awaited, de-duplicated by id) before
+  its input is acked.
+
+Every method raises :class:`~taskfleet.task.SourceError` rather than nats-py's exceptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from .. import _json
+from ..config import Configuration
+from ..task import (
+    DecodeError,
+    OutputError,
+    SourceError,
+    Task,
+    TaskResult,
+    TaskStatus,
+)
+from .base import PollRequest, TaskSource, WorkerBinding
+from .nats_connect import connect, ensure_streams, error_code
+from .nats_wire import (
+    REASON_HEADER,
+    SUBJECT_HEADER,
+    Subjects,
+    consumer_name,
+    decode_task,
+    encode_result,
+    encode_task,
+    header_value,
+    parse_handle,
+    task_from_message,
+)
+
+__all__ = ["NatsSource"]
+
+log = logging.getLogger("taskfleet.nats")
+
+_ACK = b"+ACK"
+_PROGRESS = b"+WPI"
+_TERM = b"+TERM"
+#: Seconds to wait for a PubAck or a JetStream API answer.
+API_TIMEOUT = 5.0
+
+
+def nak_payload(delay: float) -> bytes:
+    """``-NAK`` asking for redelivery after ``delay`` seconds (0: at once)."""
+    if delay <= 0:
+        return b"-NAK"
+    return b"-NAK " + json.dumps({"delay": int(delay * 1_000_000_000)}).encode()
+
+
+class NatsSource(TaskSource):
+    """Tasks from JetStream; see the module docstring for the delivery semantics.
+
+    Args:
+        config: connection (``NATS_URL``, credentials, TLS) and stream settings. With no URL the
+            machine's shared embedded server is used (:class:`taskfleet.embedded.EmbeddedNats`).
+        retry_base, retry_cap: seconds of the nak backoff: ``retry_base * 2**(attempt-1)``,
+            at most ``retry_cap``.
+        ack_sync: confirm ``+ACK``/``+TERM`` with a request to the server (a "double ack")
+            instead of a plain publish; slower, for callers that must know the ack landed.
+        client_name: connection name shown by the server's monitoring.
+    """
+
+    name = "nats"
+
+    def __init__(
+        self,
+        config: Configuration,
+        *,
+        retry_base: float = 1.0,
+        retry_cap: float = 60.0,
+        ack_sync: bool = False,
+        client_name: str = "taskfleet",
+    ) -> None:
+        self.config = config
+        self.subjects = Subjects(config.nats_prefix)
+        self.retry_base = retry_base
+        self.retry_cap = retry_cap
+        self.ack_sync = ack_sync
+        self.client_name = client_name
+        self._nc: Any = None
+        self._js: Any = None
+        self._lease: Any = None
+        self._subs: dict[str, Any] = {}
+        self._max_deliver: dict[str, int] = {}
+        self._output_subjects: dict[str, str] = {}
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect (bounded by ``nats_connect_timeout``); reconnects forever afterwards.
+
+        Raises:
+            SourceError: the first connection failed in time (naming the redacted URL).
+            NatsServerError: no URL is configured and the embedded server cannot start.
+        """
+        if self._nc is not None:
+            return
+        servers = self.config.nats_urls
+        if not servers:
+            from ..embedded import EmbeddedNats
+
+            lease = EmbeddedNats(self.config.state_path)
+            servers = [await asyncio.to_thread(lease.acquire)]
+            self._lease = lease
+        try:
+            self._nc = await connect(self.config, servers, name=self.client_name)
+        except BaseException:
+            await self._release_lease()
+            raise
+        self._js = self._nc.jetstream(timeout=API_TIMEOUT)
+
+    async def prepare(self, workers: Sequence[WorkerBinding]) -> None:
+        """Create or update both streams and one durable consumer per worker type.
+
+        Idempotent: re-running with the same bindings changes nothing; changed settings
+        (ack wait, max deliver) update the existing consumers in place.
+
+        Raises:
+            SourceError: JetStream refused or did not answer.
+            ConfigurationError: a task type cannot be a subject token.
+        """
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+        js = self._require_js()
+        await ensure_streams(js, self.config)
+        for binding in workers:
+            durable = consumer_name(binding.task_type)
+            max_deliver = binding.max_attempts or self.config.nats_max_deliver
+            config = ConsumerConfig(
+                durable_name=durable,
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_wait=self.config.nats_ack_wait,
+                max_deliver=max_deliver,
+                filter_subject=self.subjects.task(binding.task_type),
+                # In-flight messages are capped consumer-wide: leave room for every slot.
+                max_ack_pending=max(1000, 2 * binding.processes * binding.threads),
+            )
+            try:
+                await js.add_consumer(self.subjects.tasks_stream, config)
+            except Exception as exc:
+                raise SourceError(
+                    f"cannot provision consumer {durable} for task type {binding.task_type!r}:"
+                    f" {exc}",
+                    retryable=error_code(exc) is None,
+                ) from None
+            self._max_deliver[durable] = max_deliver
+            if binding.output_subject:
+                self._output_subjects[binding.task_type] = binding.output_subject
+
+    async def close(self) -> None:
+        """Unsubscribe, drain and disconnect; release the embedded server. Safe to call twice."""
+        nc, self._nc, self._js = self._nc, None, None
+        subs, self._subs = self._subs, {}
+        if nc is not None:
+            # An open pull subscription makes drain() hang for drain_timeout: unsubscribe first.
+            for sub in subs.values():
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+            try:
+                await asyncio.wait_for(nc.drain(), API_TIMEOUT)
+            except Exception:
+                with contextlib.suppress(Exception):
+                    await nc.close()
+        await self._release_lease()
+
+    # -- polling ----------------------------------------------------------------------------
+
+    async def poll(self, request: PollRequest) -> list[Task]:
+        """Fetch up to ``request.count`` tasks, waiting at most ``request.timeout`` seconds.
+
+        Fetch only as many as can start now: JetStream's ack clock runs for every fetched
+        message from its delivery. Undecodable messages are dead-lettered here, not returned.
+
+        Raises:
+            SourceError: the connection or the consumer failed (not on an empty poll).
+        """
+        if request.count < 1:
+            return []
+        sub = await self._subscription(request.task_type)
+        try:
+            messages = await sub.fetch(batch=request.count, timeout=max(request.timeout, 0.01))
+        except asyncio.TimeoutError:
+            # nats-py raises a bare asyncio.TimeoutError or its own subclass on an empty poll.
+            return []
+        except Exception as exc:
+            raise SourceError(
+                f"fetching {request.task_type!r} tasks failed: {exc}",
+                retryable=True,
+                status=error_code(exc),
+            ) from None
+        tasks = []
+        for msg in messages:
+            try:
+                tasks.append(self._to_task(msg, request.task_type))
+            except DecodeError as exc:
+                await self._reject_undecodable(msg, request.task_type, exc)
+        return tasks
+
+    def _to_task(self, msg: Any, task_type: str) -> Task:
+        message = decode_task(msg.data)
+        metadata = msg.metadata
+        return task_from_message(
+            message,
+            task_type=task_type,
+            handle=msg.reply,
+            attempt=metadata.num_delivered,
+            raw={"subject": msg.subject, "stream_sequence": metadata.sequence.stream},
+        )
+
+    async def _reject_undecodable(self, msg: Any, task_type: str, exc: DecodeError) -> None:
+        """FAILED result + dead-letter copy, then term; logged, never raised."""
+        handle = parse_handle(msg.reply or "")
+        seq = handle.stream_seq if handle else 0
+        task = Task(
+            task_id=f"{self.subjects.tasks_stream}:{seq}",
+            task_type=task_type,
+            attempt=handle.delivered if handle else 1,
+            handle=msg.reply or "",
+        )
+        reason = f"undecodable task message: {exc}"
+        try:
+            await self._publish_final(task, TaskResult(task.task_id), reason, original=msg.data)
+            await self._settle(task.handle, _TERM)
+        except SourceError as err:
+            # Left un-acked: it comes back after ack_wait and is dead-lettered then.
+            log.warning("could not dead-letter undecodable message %s: %s", task.task_id, err)
+        else:
+            log.warning("dead-lettered %s on %s: %s", task.task_id, msg.subject, reason)
+
+    async def _subscription(self, task_type: str) -> Any:
+        sub = self._subs.get(task_type)
+        if sub is None:
+            js = self._require_js()
+            try:
+                sub = await js.pull_subscribe_bind(
+                    consumer_name(task_type), stream=self.subjects.tasks_stream
+                )
+            except Exception as exc:
+                raise SourceError(f"cannot bind to the consumer of {task_type!r}: {exc}") from None
+            self._subs[task_type] = sub
+        return sub
+
+    # -- reporting --------------------------------------------------------------------------
+
+    async def report(self, task: Task, result: TaskResult, *, chain: bool = False) -> Task | None:
+        """Publish the outcome (PubAck awaited), then settle the task; see the module docstring.
+
+        Works from a slim task: only ``task_id``, ``task_type``, ``attempt``, ``handle``,
+        ``output_subject`` and the ids are used. Never returns a chained task.
+
+        Raises:
+            SourceError: a publish or the settlement failed; nothing was acked, so calling
+                again later is safe (results are de-duplicated by ``Nats-Msg-Id``).
+        """
+        if not task.handle:
+            raise SourceError(f"task {task.task_id} has no NATS handle", retryable=False)
+        status = result.status
+        try:
+            _json.dumps(result.output_data)
+        except OutputError as exc:
+            status, result = TaskStatus.FAILED_WITH_TERMINAL_ERROR, _with_reason(result, str(exc))
+
+        if status is TaskStatus.COMPLETED:
+            publishes = [self._publish_result(task, result)]
+            subject = task.output_subject or self._output_subjects.get(task.task_type, "")
+            if subject:
+                publishes.append(self._publish_next(task, result, subject))
+            await _all(publishes)
+            await self._settle(task.handle, _ACK)
+            return None
+
+        left = await self._deliveries_left(task)
+        if status is TaskStatus.IN_PROGRESS:
+            if left:
+                await self._settle(task.handle, nak_payload(result.callback_after_seconds))
+                return None
+            reason = f"still in progress after {task.attempt} deliveries"
+        elif status is TaskStatus.FAILED and left:
+            delay = result.retry_after
+            if delay is None:
+                delay = min(self.retry_base * 2 ** max(task.attempt - 1, 0), self.retry_cap)
+            await self._settle(task.handle, nak_payload(delay))
+            return None
+        else:
+            reason = result.reason_for_incompletion or "failed"
+            if status is TaskStatus.FAILED:
+                reason += f" (gave up after {task.attempt} attempts)"
+        await self._publish_final(task, result, reason, terminal=status)
+        await self._settle(task.handle, _TERM)
+        return None
+
+    async def extend(self, tasks: Sequence[Task]) -> None:
+        """Send ``+WPI`` for each task: JetStream restarts its ack clock.
+
+        Raises:
+            SourceError: the connection is closed.
+        """
+        for task in tasks:
+            if task.handle:
+                await self._settle(task.handle, _PROGRESS, sync=False)
+
+    async def _deliveries_left(self, task: Task) -> bool:
+        """Whether JetStream will deliver the task again after a nak."""
+        handle = parse_handle(task.handle)
+        durable = handle.consumer if handle else consumer_name(task.task_type)
+        limit = self._max_deliver.get(durable)
+        if limit is None:
+            # Not provisioned by this process (a worker child): ask the consumer once.
+            js = self._require_js()
+            stream = handle.stream if handle else self.subjects.tasks_stream
+            try:
+                info = await js.consumer_info(stream, durable)
+            except Exception as exc:
+                raise SourceError(f"cannot read consumer {durable}: {exc}") from None
+            limit = int(info.config.max_deliver or -1)
+            self._max_deliver[durable] = limit
+        return limit < 1 or task.attempt < limit
+
+    async def _publish_result(
+        self,
+        task: Task,
+        result: TaskResult,
+        *,
+        status: TaskStatus | None = None,
+        reason: str | None = None,
+    ) -> None:
+        payload = encode_result(task, result, status=status, reason=reason)
+        await self._publish(
+            self.subjects.result(task.task_type),
+            payload,
+            {"Nats-Msg-Id": f"{task.task_id}:{task.attempt}"},
+        )
+
+    async def _publish_next(self, task: Task, result: TaskResult, subject: str) -> None:
+        next_type = self.subjects.type_of_task_subject(subject)
+        # Deterministic id: a redelivered producer republishes the same id, de-duplicated.
+        next_id = f"{task.task_id}>{next_type}"
+        payload = encode_task(
+            next_id,
+            next_type,
+            result.output_data,
+            workflow_id=task.workflow_instance_id,
+            correlation_id=task.correlation_id or task.task_id,
+            headers=task.headers,
+        )
+        await self._publish(subject, payload, {"Nats-Msg-Id": f"{next_id}:1"})
+
+    async def _publish_final(
+        self,
+        task: Task,
+        result: TaskResult,
+        reason: str,
+        *,
+        terminal: TaskStatus = TaskStatus.FAILED,
+        original: bytes | None = None,
+    ) -> None:
+        """A FAILED result and a dead-letter copy of the task, both PubAck'd."""
+        status = (
+            TaskStatus.FAILED_WITH_TERMINAL_ERROR
+            if terminal is TaskStatus.FAILED_WITH_TERMINAL_ERROR
+            else TaskStatus.FAILED
+        )
+        await _all(
+            [
+                self._publish_result(task, result, status=status, reason=reason),
+                self._dead_letter(task, reason, original),
+            ]
+        )
+
+    async def _dead_letter(self, task: Task, reason: str, original: bytes | None) -> None:
+        subject = self.subjects.task(task.task_type)
+        if original is None:
+            # A slim task has no payload: the original is still in the work-queue stream
+            # until the task is termed, so read it back by sequence.
+            original, subject = await self._original(task)
+        headers = {
+            "Nats-Msg-Id": f"{task.task_id}:{task.attempt}:dead",
+            REASON_HEADER: header_value(reason),
+            SUBJECT_HEADER: subject,
+            "Taskfleet-Task-Id": header_value(task.task_id),
+            "Taskfleet-Attempt": str(task.attempt),
+        }
+        await self._publish(self.subjects.dead(task.task_type), original, headers)
+
+    async def _original(self, task: Task) -> tuple[bytes, str]:
+        handle = parse_handle(task.handle)
+        if handle is not None:
+            try:
+                raw = await self._require_js().get_msg(handle.stream, handle.stream_seq)
+                return bytes(raw.data or b""), str(raw.subject)
+            except Exception as exc:
+                log.warning("original of task %s not readable: %s", task.task_id, exc)
+        rebuilt = encode_task(
+            task.task_id,
+            task.task_type,
+            task.input_data,
+            workflow_id=task.workflow_instance_id,
+            correlation_id=task.correlation_id,
+            output_subject=task.output_subject,
+            headers=task.headers,
+        )
+        return rebuilt, self.subjects.task(task.task_type)
+
+    async def _publish(self, subject: str, payload: bytes, headers: dict[str, str]) -> None:
+        js = self._require_js()
+        try:
+            # js.publish is a request with its own timeout: unlike publish_async's futures it
+            # cannot hang when the server rejects the message.
+            await js.publish(subject, payload, timeout=API_TIMEOUT, headers=headers)
+        except Exception as exc:
+            raise SourceError(
+                f"publish to {subject} failed: {exc}", status=error_code(exc)
+            ) from None
+
+    async def _settle(self, handle: str, payload: bytes, *, sync: bool | None = None) -> None:
+        nc = self._require_nc()
+        try:
+            if self.ack_sync if sync is None else sync:
+                await nc.request(handle, payload, timeout=API_TIMEOUT)
+            else:
+                await nc.publish(handle, payload)
+        except Exception as exc:
+            raise SourceError(f"settling task ({payload[:4].decode()}) failed: {exc}") from None
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _require_nc(self) -> Any:
+        if self._nc is None:
+            raise SourceError("the NATS source is not started", retryable=False)
+        return self._nc
+
+    def _require_js(self) -> Any:
+        self._require_nc()
+        return self._js
+
+    async def _release_lease(self) -> None:
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            await asyncio.to_thread(lease.release)
+
+
+def _with_reason(result: TaskResult, reason: str) -> TaskResult:
+    return TaskResult(
+        task_id=result.task_id,
+        workflow_instance_id=result.workflow_instance_id,
+        worker_id=result.worker_id,
+        status=TaskStatus.FAILED_WITH_TERMINAL_ERROR,
+        reason_for_incompletion=reason,
+        logs=list(result.logs),
+        exception="OutputError",
+    )
+
+
+async def _all(coroutines: Sequence[Any]) -> None:
+    """Await publishes concurrently (their PubAcks pipeline); raise the first failure."""
+    results = await asyncio.gather(*coroutines, return_exceptions=True)
+    for outcome in results:
+        if isinstance(outcome, BaseException):
+            raise outcome
