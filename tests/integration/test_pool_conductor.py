@@ -13,11 +13,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from pool_workers import blocker, crashy, long_lease, sleeper, square, whoami
 
 from taskfleet import Configuration, TaskHandler
 from taskfleet.testing import ConductorTestServer
-
-from .pool_workers import blocker, crashy, long_lease, sleeper, square, whoami
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -186,7 +185,7 @@ def test_drain_finishes_in_flight_tasks_and_hands_back_what_cannot_finish(server
 SCRIPT = """
 import sys
 sys.path.insert(0, {tests!r})
-from integration.pool_workers import sleeper
+from pool_workers import sleeper
 from taskfleet import Configuration, TaskHandler
 
 cfg = Configuration(source="conductor", conductor_server_url={url!r}, state_dir={state!r},
@@ -203,7 +202,7 @@ if __name__ == "__main__":
 def test_sigterm_drains_in_flight_tasks_to_completion_and_exits_zero(server, tmp_path):
     ids = server.enqueue_many("sleeper", [{"seconds": 1.5}, {"seconds": 1.5}])
     script = tmp_path / "main.py"
-    tests_dir = str(Path(__file__).resolve().parents[1])
+    tests_dir = str(Path(__file__).resolve().parent)
     script.write_text(
         textwrap.dedent(SCRIPT).format(tests=tests_dir, url=server.url, state=str(tmp_path / "s"))
     )
