@@ -118,7 +118,13 @@ class Spool:
         with self._tx() as db:
             db.execute(
                 "INSERT INTO results (source, task_type, task, result, created) VALUES (?,?,?,?,?)",
-                (self.source, task.task_type, _task_to_json(task), _result_to_json(result), time.time()),
+                (
+                    self.source,
+                    task.task_type,
+                    _task_to_json(task),
+                    _result_to_json(result),
+                    time.time(),
+                ),
             )
 
     def count(self, task_type: str | None = None) -> int:
@@ -154,7 +160,8 @@ class Spool:
                 [(pid, now, row[0]) for row in rows],
             )
         return [
-            SpooledResult(row[0], _task_from_json(row[1]), _result_from_json(row[2])) for row in rows
+            SpooledResult(row[0], _task_from_json(row[1]), _result_from_json(row[2]))
+            for row in rows
         ]
 
     def delivered(self, row_id: int) -> None:

@@ -103,6 +103,7 @@ class _HTTPServer(ThreadingHTTPServer):
         self.owner = owner
         self.connections: set[socket.socket] = set()
         self.connections_lock = threading.Lock()
+        self.accepted = 0
         super().__init__(address, _Handler)
 
     def drop_connections(self) -> None:
@@ -118,12 +119,16 @@ class _HTTPServer(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, so clients' sessions reuse connections
+    # Headers and body go out in separate writes; without TCP_NODELAY, Nagle plus the client's
+    # delayed ACK adds ~40 ms to every answer.
+    disable_nagle_algorithm = True
     server: _HTTPServer
 
     def setup(self) -> None:
         super().setup()
         with self.server.connections_lock:
             self.server.connections.add(self.connection)
+            self.server.accepted += 1
 
     def finish(self) -> None:
         with self.server.connections_lock:
@@ -219,7 +224,7 @@ class ConductorTestServer:
         self._port = httpd.server_address[1]
         thread = threading.Thread(
             target=httpd.serve_forever,
-            kwargs={"poll_interval": 0.1},
+            kwargs={"poll_interval": 0.05},  # also how long stop() waits for the loop
             name=f"conductor-test-server:{self._port}",
             daemon=True,
         )
@@ -317,6 +322,22 @@ class ConductorTestServer:
 
     def wait_all_terminal(self, task_ids: Iterable[str], timeout: float) -> bool:
         return self.wait_for(list(task_ids), timeout)
+
+    @property
+    def waiting_polls(self) -> int:
+        """Long polls parked right now, waiting for a task to appear."""
+        with self._lock:
+            return self.store.waiting_polls
+
+    @property
+    def connections_accepted(self) -> int:
+        """TCP connections accepted since the last bind (keep-alive clients reuse theirs)."""
+        with self._lock:
+            httpd = self._httpd
+        if httpd is None:
+            return 0
+        with httpd.connections_lock:
+            return httpd.accepted
 
     @property
     def requests(self) -> list[RequestRecord]:
