@@ -101,12 +101,12 @@ def test_poll_for_no_free_slots_makes_no_request(server, source):
 
 
 def test_poll_sends_the_long_poll_wait_in_milliseconds_capped_at_five_seconds(server, source):
-    call(source, lambda s: s.poll(request(timeout=0.25)))
+    call(source, lambda s: s.poll(request(timeout=0.05)))
     server.enqueue("t")
     call(source, lambda s: s.poll(request(timeout=30)))
 
     queries = [r.query for r in server.requests]
-    assert "timeout=250" in queries[0] and "timeout=5000" in queries[1]
+    assert "timeout=50" in queries[0] and "timeout=5000" in queries[1]
     assert "workerid=w1" in queries[0] and "count=1" in queries[0]
 
 
@@ -277,6 +277,20 @@ def test_an_expired_token_is_refreshed_once_and_the_call_retried():
             run(source.close())
         assert srv.request_count("/token") == 2
         assert [r.status for r in srv.requests if r.path.startswith("/tasks")] == [204, 401, 200]
+
+
+def test_concurrent_first_calls_share_one_token_fetch():
+    with ConductorTestServer(auth=("key", "secret")) as srv:
+        source = make_source(srv.url, conductor_auth_key="key", conductor_auth_secret="secret")
+
+        async def four_polls() -> list[list[Task]]:
+            try:
+                return await asyncio.gather(*(source.poll(request()) for _ in range(4)))
+            finally:
+                await source.close()
+
+        assert run(four_polls()) == [[], [], [], []]
+        assert srv.request_count("/token") == 1
 
 
 def test_wrong_credentials_fail_without_retry_and_without_the_secret():

@@ -227,6 +227,16 @@ def test_a_response_timeout_with_no_retries_left_times_the_task_out(server, http
     assert server.job(task_id).status == "TIMED_OUT"
 
 
+def test_an_attempt_past_its_total_timeout_times_out_even_with_time_left_on_its_lease(server, http):
+    server.register_task_def("t", response_timeout_seconds=60, timeout_seconds=0.2, retry_count=0)
+    task_id = server.enqueue("t")
+    polled(http, server, "t")
+
+    assert server.wait_all_terminal([task_id], timeout=5)
+    job = server.job(task_id)
+    assert job.status == "TIMED_OUT" and job.reason == "task timed out"
+
+
 def test_a_lease_extension_resets_the_response_timeout_clock_but_applies_nothing(server, http):
     server.register_task_def("t", response_timeout_seconds=60)
     task_id = server.enqueue("t")
@@ -286,6 +296,17 @@ def test_logs_from_results_and_from_the_log_endpoint_are_kept_per_task(server, h
     update(http, server, result(task, logs=logs))
 
     assert server.job(task_id).logs == ("starting", "done")
+
+
+def test_a_single_poll_and_a_task_lookup_answer_one_task(server, http):
+    task_id = server.enqueue("t", {"x": 1})
+
+    one = http.get(f"{server.url}/tasks/poll/t", params={"workerid": "w1"}, timeout=10)
+    looked_up = http.get(f"{server.url}/tasks/{task_id}", timeout=10)
+
+    assert one.json()["taskId"] == task_id
+    assert looked_up.json()["status"] == "IN_PROGRESS"
+    assert http.get(f"{server.url}/tasks/nope", timeout=10).status_code == 404
 
 
 def test_queue_sizes_count_scheduled_tasks_per_type(server, http):

@@ -194,7 +194,9 @@ class TaskStore:
             while not self._closed:
                 now = time.monotonic()
                 self.reap(now)
-                deadlines = [t.deadline for t in self._tasks.values() if t.status == IN_PROGRESS]
+                deadlines = [
+                    self._expiry(t) for t in self._tasks.values() if t.status == IN_PROGRESS
+                ]
                 wait = min([*deadlines, now + REAPER_MAX_SLEEP]) - now
                 self.cond.wait(timeout=max(wait, 0.001))
 
@@ -359,16 +361,19 @@ class TaskStore:
             for task in self._tasks.values():
                 if task.status != IN_PROGRESS:
                     continue
-                limit = self.task_def(task.task_type).timeout_seconds
-                over_total = limit > 0 and now - task.started_at >= limit
-                if now >= task.deadline or over_total:
-                    why = "task timed out" if over_total else "response timeout"
+                if now >= self._expiry(task):
+                    why = "response timeout" if now >= task.deadline else "task timed out"
                     task.history.append(
                         Outcome(task.retry_count + 1, TIMED_OUT, task.worker_id, why)
                     )
                     task.reason = why
                     self._fail(task, TIMED_OUT, now)
                     self.cond.notify_all()
+
+    def _expiry(self, task: _Task) -> float:
+        """When an IN_PROGRESS attempt times out: its lease, or its total time limit if sooner."""
+        limit = self.task_def(task.task_type).timeout_seconds
+        return min(task.deadline, task.started_at + limit) if limit > 0 else task.deadline
 
     def _fail(self, task: _Task, status: str, now: float) -> None:
         task_def = self.task_def(task.task_type)
