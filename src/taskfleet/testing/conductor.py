@@ -319,7 +319,8 @@ class ConductorTestServer:
         """Wait until the predicate is true, or until every task id given is terminal.
 
         Returns False when ``timeout`` seconds pass first. The predicate is re-checked on every
-        state change of the server (it may call :meth:`job`, :meth:`counts` and so on).
+        state change of the server and at least every 50 ms; it may call :meth:`job`,
+        :meth:`counts` and the other inspection methods.
         """
         if callable(predicate_or_ids):
             return self._store.wait_for(predicate_or_ids, timeout)
@@ -426,6 +427,8 @@ class ConductorTestServer:
             reply = self._route(handler, path, query, body)
         except _Reply as r:
             reply = r
+        except Exception as exc:  # a bug here must show up as a 500, not a hung client
+            reply = _error(500, f"test server error: {type(exc).__name__}: {exc}")
         if self._down == "refuse" or not self._started:
             handler.close_connection = True  # the server "went away" while this was in flight
             return
@@ -588,13 +591,16 @@ class ConductorTestServer:
         for item in data if isinstance(data, list) else [data]:
             if not isinstance(item, dict) or not item.get("name"):
                 raise _error(400, "a task definition needs a name")
-            self.register_task_def(
-                str(item["name"]),
-                response_timeout_seconds=float(item.get("responseTimeoutSeconds", 3600)),
-                retry_count=int(item.get("retryCount", 3)),
-                retry_delay_seconds=float(item.get("retryDelaySeconds", 0)),
-                timeout_seconds=float(item.get("timeoutSeconds", 0)),
-            )
+            try:
+                self.register_task_def(
+                    str(item["name"]),
+                    response_timeout_seconds=float(item.get("responseTimeoutSeconds", 3600)),
+                    retry_count=int(item.get("retryCount", 3)),
+                    retry_delay_seconds=float(item.get("retryDelaySeconds", 0)),
+                    timeout_seconds=float(item.get("timeoutSeconds", 0)),
+                )
+            except (TypeError, ValueError):
+                raise _error(400, f"invalid task definition {item['name']!r}") from None
         return _Reply(200)
 
 
