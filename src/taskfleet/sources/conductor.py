@@ -105,6 +105,9 @@ class ConductorSource(TaskSource):
         self._local = threading.local()
         self._sessions: list[requests.Session] = []
         self._lock = threading.Lock()
+        # Held while fetching a token, so concurrent calls wait for one fetch instead of each
+        # making their own.
+        self._token_lock = threading.Lock()
         self._token: str | None = None
         # None: not asked yet; False: the server answered 404 on /token (no auth there).
         self._auth_enabled: bool | None = None if self._key else False
@@ -140,9 +143,10 @@ class ConductorSource(TaskSource):
     async def _run(self, fn: Callable[[], T]) -> T:
         executor = self._ensure_executor()
         try:
-            return await asyncio.get_running_loop().run_in_executor(executor, fn)
-        except RuntimeError as exc:  # the pool was shut down by close() meanwhile
-            raise SourceError(f"the Conductor source is closed ({exc})", retryable=False) from None
+            future = asyncio.get_running_loop().run_in_executor(executor, fn)
+        except RuntimeError:  # close() shut the pool down between the check and the submit
+            raise SourceError("the Conductor source is closed", retryable=False) from None
+        return await future
 
     # -- the task API ------------------------------------------------------------------------
 
@@ -191,14 +195,14 @@ class ConductorSource(TaskSource):
                 if resp.status_code not in (404, 405):
                     if resp.status_code == 204 or not resp.content:
                         return None
-                    data = self._json(resp, "/tasks/update-v2")
                     try:
+                        data = self._json(resp, "/tasks/update-v2")
                         return task_from_wire(data, task.task_type) if data else None
-                    except (ValueError, TypeError, AttributeError) as exc:
-                        raise SourceError(
-                            f"POST {self._shown('/tasks/update-v2')}: bad next task ({exc})",
-                            status=resp.status_code,
-                        ) from None
+                    except (SourceError, ValueError, TypeError, AttributeError) as exc:
+                        # The result was delivered; raising would make the caller send it again.
+                        # An unreadable next task is left to the server's response timeout.
+                        log.warning("ignoring an unreadable chained task: %s", exc)
+                        return None
                 # 404 also means "unknown task": only a successful POST /tasks proves the
                 # server merely lacks update-v2, so only then is the fallback remembered.
                 self._request("POST", "/tasks", json=body)
@@ -243,9 +247,13 @@ class ConductorSource(TaskSource):
         def call() -> dict[str, int]:
             resp = self._request("GET", "/tasks/queue/sizes", params={"taskType": list(task_types)})
             data = self._json(resp, "/tasks/queue/sizes")
-            if not isinstance(data, dict):
-                raise SourceError("queue sizes: expected a JSON object", status=resp.status_code)
-            return {str(k): int(v or 0) for k, v in data.items()}
+            try:
+                return {str(k): int(v or 0) for k, v in data.items()}
+            except (AttributeError, TypeError, ValueError):
+                raise SourceError(
+                    f"GET {self._shown('/tasks/queue/sizes')}: expected an object of counts",
+                    status=resp.status_code,
+                ) from None
 
         return await self._run(call)
 
@@ -338,13 +346,15 @@ class ConductorSource(TaskSource):
             )
         return SourceError(message, retryable=status >= 500 or status == 429, status=status)
 
-    @staticmethod
-    def _json(resp: requests.Response, path: str) -> Any:
+    def _json(self, resp: requests.Response, path: str) -> Any:
         try:
             return resp.json()
         except ValueError:
             # A proxy's HTML error page during an outage looks like this; it may pass.
-            raise SourceError(f"{path}: answer is not JSON", status=resp.status_code) from None
+            raise SourceError(
+                f"{resp.request.method} {self._shown(path)}: answer is not JSON",
+                status=resp.status_code,
+            ) from None
 
     # -- auth ----------------------------------------------------------------------------------
 
@@ -357,23 +367,28 @@ class ConductorSource(TaskSource):
 
     def _refresh_token(self, stale: str | None) -> str | None:
         """Fetch a token unless another thread already replaced ``stale``. One request."""
-        with self._lock:
-            if self._token is not None and self._token != stale:
-                return self._token
-        credentials = {"keyId": self._key, "keySecret": self._secret}
-        resp = self._send("POST", "/token", params=None, json=credentials, wait=0.0, token=None)
-        if resp.status_code == 404:
-            self._auth_enabled = False  # an OSS server: no auth, proceed without a token
-            return None
-        if resp.status_code >= 300:
-            raise self._http_error("POST", "/token", resp)
-        token = _error_body(resp).get("token")
-        if not token or not isinstance(token, str):
-            raise SourceError(f"POST {self._shown('/token')}: no token in the answer", status=200)
-        with self._lock:
-            self._token = token
-            self._auth_enabled = True
-        return token
+        with self._token_lock:
+            with self._lock:
+                if self._token is not None and self._token != stale:
+                    return self._token
+            if self._auth_enabled is False:
+                return None
+            credentials = {"keyId": self._key, "keySecret": self._secret}
+            resp = self._send("POST", "/token", params=None, json=credentials, wait=0.0, token=None)
+            if resp.status_code == 404:
+                self._auth_enabled = False  # an OSS server: no auth, proceed without a token
+                return None
+            if resp.status_code >= 300:
+                raise self._http_error("POST", "/token", resp)
+            token = _error_body(resp).get("token")
+            if not token or not isinstance(token, str):
+                raise SourceError(
+                    f"POST {self._shown('/token')}: no token in the answer", status=resp.status_code
+                )
+            with self._lock:
+                self._token = token
+                self._auth_enabled = True
+            return token
 
 
 def _segment(value: str) -> str:
@@ -381,7 +396,7 @@ def _segment(value: str) -> str:
 
 
 def _error_body(resp: requests.Response) -> Mapping[str, Any]:
-    """The answer's JSON object, or ``{}`` when it is not one."""
+    """The answer's JSON object (an error body, or the token answer), or ``{}``."""
     try:
         data = resp.json()
     except ValueError:

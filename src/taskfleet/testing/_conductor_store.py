@@ -41,6 +41,9 @@ MAX_LOGS_PER_TASK = 10_000
 MAX_HISTORY_PER_TASK = 10_000
 #: The reaper re-checks at least this often (seconds) even when no deadline is near.
 REAPER_MAX_SLEEP = 1.0
+#: wait_for re-checks its predicate at least this often, for changes nobody notifies (a poll
+#: parking, a delayed task becoming pollable).
+WAIT_FOR_RECHECK = 0.05
 
 
 def _epoch_ms() -> int:
@@ -85,6 +88,8 @@ class Job:
         retry_count: retries so far (``retryCount``); the current attempt is ``retry_count + 1``.
         history: every result received and every timeout, oldest first.
         logs: log lines from results and from ``POST /tasks/{id}/log``.
+        lease_deadline: ``time.monotonic()`` at which the response timeout strikes while
+            IN_PROGRESS, else None (a lease extension moves it).
     """
 
     task_id: str
@@ -101,6 +106,12 @@ class Job:
     retry_count: int
     history: tuple[Outcome, ...]
     logs: tuple[str, ...]
+    lease_deadline: float | None = None
+
+    @property
+    def lease_remaining(self) -> float | None:
+        """Seconds left on the response-timeout clock, when it runs."""
+        return None if self.lease_deadline is None else self.lease_deadline - time.monotonic()
 
     @property
     def attempt(self) -> int:
@@ -156,6 +167,7 @@ class TaskStore:
         self._seq = 0
         self._closed = False
         self._reaper: threading.Thread | None = None
+        self.waiting_polls = 0
 
     # -- lifetime --------------------------------------------------------------------------
 
@@ -182,7 +194,9 @@ class TaskStore:
             while not self._closed:
                 now = time.monotonic()
                 self.reap(now)
-                deadlines = [t.deadline for t in self._tasks.values() if t.status == IN_PROGRESS]
+                deadlines = [
+                    self._expiry(t) for t in self._tasks.values() if t.status == IN_PROGRESS
+                ]
                 wait = min([*deadlines, now + REAPER_MAX_SLEEP]) - now
                 self.cond.wait(timeout=max(wait, 0.001))
 
@@ -245,7 +259,13 @@ class TaskStore:
                 ready, next_at = self._ready(task_type, domain, now)
                 if ready or now >= end or self._closed or abort():
                     return [self._start(t, worker_id, now) for t in ready[:count]]
-                self.cond.wait(timeout=min(end, next_at) - now)
+                # Not notified: parked polls would wake each other in turn. wait_for re-checks
+                # on its own, which is how a test sees a worker parked here.
+                self.waiting_polls += 1
+                try:
+                    self.cond.wait(timeout=min(end, next_at) - now)
+                finally:
+                    self.waiting_polls -= 1
 
     def _ready(self, task_type: str, domain: str | None, now: float) -> tuple[list[_Task], float]:
         """Pollable tasks in queue order, and when the next delayed one becomes pollable."""
@@ -341,16 +361,19 @@ class TaskStore:
             for task in self._tasks.values():
                 if task.status != IN_PROGRESS:
                     continue
-                limit = self.task_def(task.task_type).timeout_seconds
-                over_total = limit > 0 and now - task.started_at >= limit
-                if now >= task.deadline or over_total:
-                    why = "task timed out" if over_total else "response timeout"
+                if now >= self._expiry(task):
+                    why = "response timeout" if now >= task.deadline else "task timed out"
                     task.history.append(
                         Outcome(task.retry_count + 1, TIMED_OUT, task.worker_id, why)
                     )
                     task.reason = why
                     self._fail(task, TIMED_OUT, now)
                     self.cond.notify_all()
+
+    def _expiry(self, task: _Task) -> float:
+        """When an IN_PROGRESS attempt times out: its lease, or its total time limit if sooner."""
+        limit = self.task_def(task.task_type).timeout_seconds
+        return min(task.deadline, task.started_at + limit) if limit > 0 else task.deadline
 
     def _fail(self, task: _Task, status: str, now: float) -> None:
         task_def = self.task_def(task.task_type)
@@ -422,6 +445,7 @@ class TaskStore:
                 retry_count=task.retry_count,
                 history=tuple(task.history),
                 logs=tuple(task.logs),
+                lease_deadline=task.deadline if task.status == IN_PROGRESS else None,
             )
 
     def jobs(self, task_type: str | None = None, status: str | None = None) -> list[Job]:
@@ -457,14 +481,15 @@ class TaskStore:
             )
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
-        """Wait until ``predicate()`` is true (re-checked on every state change)."""
+        """Wait until ``predicate()`` is true (re-checked on every state change, and at least
+        every :data:`WAIT_FOR_RECHECK` seconds). Returns False when ``timeout`` passes first."""
         end = time.monotonic() + timeout
         with self.cond:
             while not predicate():
                 left = end - time.monotonic()
                 if left <= 0:
                     return False
-                self.cond.wait(timeout=left)
+                self.cond.wait(timeout=min(left, WAIT_FOR_RECHECK))
             return True
 
     def notify(self) -> None:

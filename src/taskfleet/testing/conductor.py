@@ -21,6 +21,7 @@ import json
 import re
 import secrets
 import socket
+import sys
 import threading
 import time
 import urllib.parse
@@ -103,7 +104,13 @@ class _HTTPServer(ThreadingHTTPServer):
         self.owner = owner
         self.connections: set[socket.socket] = set()
         self.connections_lock = threading.Lock()
+        self.accepted = 0
         super().__init__(address, _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients vanishing mid-request (and connections cut by go_down) are part of the tests.
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
 
     def drop_connections(self) -> None:
         """Cut every open (keep-alive) connection, so clients see the server gone."""
@@ -118,12 +125,16 @@ class _HTTPServer(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, so clients' sessions reuse connections
+    # Headers and body go out in separate writes; without TCP_NODELAY, Nagle plus the client's
+    # delayed ACK adds ~40 ms to every answer.
+    disable_nagle_algorithm = True
     server: _HTTPServer
 
     def setup(self) -> None:
         super().setup()
         with self.server.connections_lock:
             self.server.connections.add(self.connection)
+            self.server.accepted += 1
 
     def finish(self) -> None:
         with self.server.connections_lock:
@@ -169,13 +180,13 @@ class ConductorTestServer:
     ) -> None:
         if empty_poll_status not in (200, 204):
             raise ValueError("empty_poll_status must be 200 or 204")
-        self.store = TaskStore()
+        self._store = TaskStore()
         self._port = port
         self._auth = auth
         self._token_ttl = token_ttl
         self._legacy_update = legacy_update
         self._empty_poll_status = empty_poll_status
-        self._lock = self.store.cond  # one lock for the whole server
+        self._lock = self._store.cond  # one lock for the whole server
         self._tokens: dict[str, float] = {}  # token -> monotonic expiry
         self._requests: deque[RequestRecord] = deque(maxlen=MAX_REQUEST_LOG)
         self._down: DownMode | None = None
@@ -201,7 +212,7 @@ class ConductorTestServer:
                 return self
             self._started = True
             self._down = None
-        self.store.start_reaper()
+        self._store.start_reaper()
         self._bind()
         return self
 
@@ -212,14 +223,14 @@ class ConductorTestServer:
                 return
             self._started = False
         self._unbind()
-        self.store.stop_reaper()
+        self._store.stop_reaper()
 
     def _bind(self) -> None:
         httpd = _HTTPServer(("127.0.0.1", self._port), self)
         self._port = httpd.server_address[1]
         thread = threading.Thread(
             target=httpd.serve_forever,
-            kwargs={"poll_interval": 0.1},
+            kwargs={"poll_interval": 0.05},  # also how long stop() waits for the loop
             name=f"conductor-test-server:{self._port}",
             daemon=True,
         )
@@ -261,7 +272,7 @@ class ConductorTestServer:
         timeout_seconds: float = 0.0,
     ) -> None:
         """Define how tasks of ``name`` time out and retry (unregistered types use the defaults)."""
-        self.store.register(
+        self._store.register(
             TaskDef(
                 name, response_timeout_seconds, retry_count, retry_delay_seconds, timeout_seconds
             )
@@ -277,7 +288,7 @@ class ConductorTestServer:
         correlation_id: str | None = None,
     ) -> str:
         """Schedule one task; returns its id. Wakes long polls waiting for this type."""
-        return self.store.enqueue(
+        return self._store.enqueue(
             task_type,
             input,
             domain=domain,
@@ -292,15 +303,15 @@ class ConductorTestServer:
 
     def job(self, task_id: str) -> Job:
         """A snapshot of one task. Raises KeyError for an unknown id."""
-        return self.store.job(task_id)
+        return self._store.job(task_id)
 
     def tasks(self, task_type: str | None = None, status: str | None = None) -> list[Job]:
         """Snapshots of matching tasks, in the order they were enqueued."""
-        return self.store.jobs(task_type, status)
+        return self._store.jobs(task_type, status)
 
     def counts(self) -> dict[str, int]:
         """How many tasks are in each status."""
-        return self.store.counts()
+        return self._store.counts()
 
     def wait_for(
         self, predicate_or_ids: Callable[[], bool] | Iterable[str], timeout: float
@@ -308,15 +319,32 @@ class ConductorTestServer:
         """Wait until the predicate is true, or until every task id given is terminal.
 
         Returns False when ``timeout`` seconds pass first. The predicate is re-checked on every
-        state change of the server (it may call :meth:`job`, :meth:`counts` and so on).
+        state change of the server and at least every 50 ms; it may call :meth:`job`,
+        :meth:`counts` and the other inspection methods.
         """
         if callable(predicate_or_ids):
-            return self.store.wait_for(predicate_or_ids, timeout)
+            return self._store.wait_for(predicate_or_ids, timeout)
         ids = list(predicate_or_ids)
-        return self.store.wait_for(lambda: self.store.all_terminal(ids), timeout)
+        return self._store.wait_for(lambda: self._store.all_terminal(ids), timeout)
 
     def wait_all_terminal(self, task_ids: Iterable[str], timeout: float) -> bool:
         return self.wait_for(list(task_ids), timeout)
+
+    @property
+    def waiting_polls(self) -> int:
+        """Long polls parked right now, waiting for a task to appear."""
+        with self._lock:
+            return self._store.waiting_polls
+
+    @property
+    def connections_accepted(self) -> int:
+        """TCP connections accepted since the last bind (keep-alive clients reuse theirs)."""
+        with self._lock:
+            httpd = self._httpd
+        if httpd is None:
+            return 0
+        with httpd.connections_lock:
+            return httpd.accepted
 
     @property
     def requests(self) -> list[RequestRecord]:
@@ -399,6 +427,8 @@ class ConductorTestServer:
             reply = self._route(handler, path, query, body)
         except _Reply as r:
             reply = r
+        except Exception as exc:  # a bug here must show up as a 500, not a hung client
+            reply = _error(500, f"test server error: {type(exc).__name__}: {exc}")
         if self._down == "refuse" or not self._started:
             handler.close_connection = True  # the server "went away" while this was in flight
             return
@@ -466,10 +496,10 @@ class ConductorTestServer:
         if method == "POST" and (m := re.fullmatch(r"/tasks/([^/]+)/log", path)):
             return self._log(urllib.parse.unquote(m.group(1)), body)
         if method == "GET" and path == "/tasks/queue/sizes":
-            return _Reply(200, self.store.queue_sizes(query.get("taskType", [])))
+            return _Reply(200, self._store.queue_sizes(query.get("taskType", [])))
         if method == "GET" and (m := re.fullmatch(r"/tasks/([^/]+)", path)):
             try:
-                return _Reply(200, self.store.wire(urllib.parse.unquote(m.group(1))))
+                return _Reply(200, self._store.wire(urllib.parse.unquote(m.group(1))))
             except UnknownTask:
                 raise _error(404, f"task {m.group(1)} not found") from None
         if method in ("PUT", "POST") and path == "/metadata/taskdefs":
@@ -506,7 +536,7 @@ class ConductorTestServer:
             )
         worker_id = _param(query, "workerid", "")
         domain = _param(query, "domain", "") or None
-        polled = self.store.poll(
+        polled = self._store.poll(
             task_type,
             worker_id,
             count,
@@ -530,13 +560,13 @@ class ConductorTestServer:
         if not result.get("extendLease") and result.get("status") not in RESULT_STATUSES:
             raise _error(400, f"invalid status {result.get('status')!r}")
         try:
-            self.store.update(result)
+            self._store.update(result)
         except UnknownTask:
             raise _error(404, f"task {task_id} not found") from None
         if not v2:
             return _Reply(200, text=task_id)
         worker_id = str(result.get("workerId") or "")
-        chained = self.store.next_for(task_id, worker_id)
+        chained = self._store.next_for(task_id, worker_id)
         return _Reply(200, chained) if chained else _Reply(204)
 
     def _log(self, task_id: str, body: bytes) -> _Reply:
@@ -548,7 +578,7 @@ class ConductorTestServer:
             except ValueError:
                 pass
         try:
-            self.store.add_log(task_id, text)
+            self._store.add_log(task_id, text)
         except UnknownTask:
             raise _error(404, f"task {task_id} not found") from None
         return _Reply(200)
@@ -561,13 +591,16 @@ class ConductorTestServer:
         for item in data if isinstance(data, list) else [data]:
             if not isinstance(item, dict) or not item.get("name"):
                 raise _error(400, "a task definition needs a name")
-            self.register_task_def(
-                str(item["name"]),
-                response_timeout_seconds=float(item.get("responseTimeoutSeconds", 3600)),
-                retry_count=int(item.get("retryCount", 3)),
-                retry_delay_seconds=float(item.get("retryDelaySeconds", 0)),
-                timeout_seconds=float(item.get("timeoutSeconds", 0)),
-            )
+            try:
+                self.register_task_def(
+                    str(item["name"]),
+                    response_timeout_seconds=float(item.get("responseTimeoutSeconds", 3600)),
+                    retry_count=int(item.get("retryCount", 3)),
+                    retry_delay_seconds=float(item.get("retryDelaySeconds", 0)),
+                    timeout_seconds=float(item.get("timeoutSeconds", 0)),
+                )
+            except (TypeError, ValueError):
+                raise _error(400, f"invalid task definition {item['name']!r}") from None
         return _Reply(200)
 
 
