@@ -129,11 +129,25 @@ def test_configuring_twice_does_not_duplicate_lines():
     )
 
 
-def test_taskfleet_lines_do_not_reach_the_root_logger_twice(caplog):
-    configure_logging("info", "text", stream=io.StringIO())
-    with caplog.at_level(logging.INFO):
+def test_taskfleet_lines_do_not_reach_the_root_logger_twice():
+    class Collect(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__(logging.DEBUG)
+            self.records: list[logging.LogRecord] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.records.append(record)
+
+    root_handler = Collect()
+    logging.getLogger().addHandler(root_handler)
+    try:
+        ours = io.StringIO()
+        configure_logging("info", "text", stream=ours)
         LOG.info("only in our handler")
-    assert not caplog.records
+    finally:
+        logging.getLogger().removeHandler(root_handler)
+    assert "only in our handler" in ours.getvalue()
+    assert not root_handler.records
 
 
 @pytest.mark.parametrize(
