@@ -261,11 +261,7 @@ class NatsSource(TaskSource):
             # nats-py raises a bare asyncio.TimeoutError or its own subclass on an empty poll.
             return []
         except Exception as exc:
-            raise SourceError(
-                f"fetching {request.task_type!r} tasks failed: {exc}",
-                retryable=True,
-                status=error_code(exc),
-            ) from None
+            raise await self._explain_fetch_error(request.task_type, exc) from None
         tasks = []
         for msg in messages:
             try:
@@ -273,6 +269,23 @@ class NatsSource(TaskSource):
             except DecodeError as exc:
                 await self._reject_undecodable(msg, request.task_type, exc)
         return tasks
+
+    async def _explain_fetch_error(self, task_type: str, exc: Exception) -> SourceError:
+        """Turn a fetch failure into a SourceError that says what to do about it."""
+        self._subs.pop(task_type, None)  # bind again next time
+        durable = consumer_name(task_type)
+        with contextlib.suppress(Exception):
+            await self._require_js().consumer_info(self.subjects.tasks_stream, durable)
+            return SourceError(
+                f"fetching {task_type!r} tasks failed: {exc}", status=error_code(exc)
+            )
+        # nats-py reports a missing consumer as a vague 503; name the likely cause instead.
+        return SourceError(
+            f"fetching {task_type!r} tasks failed: no consumer {durable} on stream"
+            f" {self.subjects.tasks_stream} (or the server is unreachable); the supervisor's"
+            f" prepare() provisions it ({exc})",
+            status=error_code(exc),
+        )
 
     def _to_task(self, msg: Any, task_type: str) -> Task:
         message = decode_task(msg.data)
