@@ -61,6 +61,7 @@ from .nats_wire import (
     header_value,
     parse_handle,
     task_from_message,
+    task_id_of,
 )
 
 __all__ = ["NatsSource"]
@@ -272,7 +273,10 @@ class NatsSource(TaskSource):
 
     async def _explain_fetch_error(self, task_type: str, exc: Exception) -> SourceError:
         """Turn a fetch failure into a SourceError that says what to do about it."""
-        self._subs.pop(task_type, None)  # bind again next time
+        stale = self._subs.pop(task_type, None)  # bind again next time
+        if stale is not None:
+            with contextlib.suppress(Exception):
+                await stale.unsubscribe()
         durable = consumer_name(task_type)
         with contextlib.suppress(Exception):
             await self._require_js().consumer_info(self.subjects.tasks_stream, durable)
@@ -303,7 +307,7 @@ class NatsSource(TaskSource):
         handle = parse_handle(msg.reply or "")
         seq = handle.stream_seq if handle else 0
         task = Task(
-            task_id=f"{self.subjects.tasks_stream}:{seq}",
+            task_id=task_id_of(msg.data) or f"{self.subjects.tasks_stream}:{seq}",
             task_type=task_type,
             attempt=handle.delivered if handle else 1,
             handle=msg.reply or "",
