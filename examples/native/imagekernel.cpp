@@ -123,7 +123,9 @@ int tf_box_blur3(const std::uint8_t* src, std::size_t src_len, std::uint8_t* dst
 // kInternal with the message. Shows the pattern works for exceptions the caller never expected.
 int tf_test_aid_throw(const char* message, char* err, std::size_t errlen) {
     return guarded(err, errlen, [&] {
-        std::vector<int> unused(4);
+        // A live object with a destructor: unwinding frees it before `guarded` catches, so the
+        // pattern leaks nothing even when a C++ library throws from deep inside.
+        std::vector<int> scratch(1024);
         throw std::runtime_error(std::string("thrown inside C++: ") + message);
     });
 }

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import array
 import base64
+import multiprocessing
 import os
 import pickle
 import signal
 import subprocess
 import sys
 import zlib
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import pytest
@@ -270,6 +272,18 @@ def test_a_native_worker_survives_pickling_and_runs_in_the_copy(checksum_lib):
     copy = pickle.loads(pickle.dumps(worker))
     assert copy.options == worker.options
     assert execute(copy, Task("t-2", "primes", {"n": "1000"})).output_data == {"primes": 168}
+
+
+def test_a_native_worker_runs_in_a_spawned_process(checksum_lib):
+    # spawn (like forkserver) sends the worker by pickle to a fresh interpreter: the library
+    # travels as its path and is opened there.
+    crc32 = checksum_lib.function("tf_crc32", ["buffer+len"], "uint32")
+    worker = native_worker("crc32", crc32, inputs=["data"], output="crc")
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        assert pool.submit(worker, data=b"far away").result(timeout=60) == {
+            "crc": zlib.crc32(b"far away")
+        }
 
 
 def test_a_native_worker_fails_bad_input_terminally_without_calling(checksum_lib):
