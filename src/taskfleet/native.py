@@ -113,7 +113,7 @@ class NativeCallError(TaskError):
 class TerminalNativeCallError(NativeCallError, NonRetryableError):
     """A non-zero code that retrying cannot fix (declared ``non_retryable`` or in ``terminal``)."""
 
-    def __init__(self, function: str, code: int, detail: str, **_: Any) -> None:
+    def __init__(self, function: str, code: int, detail: str) -> None:
         NativeCallError.__init__(self, function, code, detail, non_retryable=True)
 
 
@@ -180,13 +180,12 @@ class NativeLibrary:
             loaded = self._loaded
             if loaded is not None and loaded[0] == pid:
                 return loaded[1]
+            from_env = bool(self.env_var and os.environ.get(self.env_var))
             path = self.path
             try:
                 cdll = ctypes.CDLL(path)
-            except OSError as exc:
-                origin = (
-                    f" (from ${self.env_var})" if path == os.environ.get(self.env_var or "") else ""
-                )
+            except OSError as exc:  # exc carries dlerror(): what the loader found wrong
+                origin = f" (from ${self.env_var})" if from_env else ""
                 raise NativeLibraryError(
                     f"cannot load native library {path!r}{origin}: {exc}"
                 ) from None

@@ -98,6 +98,11 @@ def test_the_env_var_overrides_the_path_and_is_named_when_it_is_wrong(native_lib
         other.function("tf_crc32", ["buffer+len"], "uint32")(b"")
 
 
+def test_a_bare_name_is_found_like_the_linker_finds_it():
+    strlen = NativeLibrary("c").function("strlen", ["str"], "size_t")
+    assert strlen("héllo") == 6  # UTF-8 bytes, not characters
+
+
 def test_a_missing_function_fails_naming_the_function(checksum_lib):
     with pytest.raises(NativeLibraryError, match="tf_no_such_function"):
         checksum_lib.function("tf_no_such_function")()
@@ -274,6 +279,7 @@ def test_a_native_worker_survives_pickling_and_runs_in_the_copy(checksum_lib):
     assert execute(copy, Task("t-2", "primes", {"n": "1000"})).output_data == {"primes": 168}
 
 
+@pytest.mark.slow
 def test_a_native_worker_runs_in_a_spawned_process(checksum_lib):
     # spawn (like forkserver) sends the worker by pickle to a fresh interpreter: the library
     # travels as its path and is opened there.
@@ -334,6 +340,8 @@ def _python(code: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
+@pytest.mark.chaos
 def test_the_segfault_aid_kills_its_process_with_sigsegv(native_libs):
     done = _python(
         "from taskfleet.native import NativeLibrary\n"
@@ -344,6 +352,7 @@ def test_the_segfault_aid_kills_its_process_with_sigsegv(native_libs):
     assert "survived" not in done.stdout
 
 
+@pytest.mark.slow
 def test_the_spin_aid_never_returns_but_leaves_the_gil_to_other_threads(native_libs):
     # The spinning call holds a CPU forever; the main thread still runs Python and exits,
     # which only works because the native call released the GIL.
