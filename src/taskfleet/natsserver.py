@@ -115,6 +115,7 @@ class NatsServer:
         self.port: int | None = None
         self.monitor_port: int | None = None
         self._process: subprocess.Popen[bytes] | None = None
+        self._log_offset = 0  # where this run's lines start in the (appended) log file
 
     # -- properties -------------------------------------------------------------------------
 
@@ -247,7 +248,7 @@ class NatsServer:
 
     def log_tail(self, limit: int = _LOG_TAIL) -> str:
         try:
-            text = self.log_path.read_bytes()[getattr(self, "_log_offset", 0) :]
+            text = self.log_path.read_bytes()[self._log_offset :]
         except OSError:
             return "(no log)"
         return text[-limit:].decode("utf-8", "replace")

@@ -33,3 +33,17 @@ async def eventually(
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.2)
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Sync twin of :func:`eventually` for tests of the blocking TaskClient."""
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)

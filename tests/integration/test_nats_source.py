@@ -199,6 +199,29 @@ def test_a_task_failing_every_delivery_ends_failed_with_a_dead_letter_copy(nats_
     run(scenario())
 
 
+def test_a_task_whose_last_delivery_expires_unacked_is_dead_lettered_not_stranded(nats_config):
+    config = nats_config.replace(nats_ack_wait=1.0)
+
+    async def scenario() -> None:
+        supervisor = await started(config, WorkerBinding("lost", max_attempts=1))
+        worker = await started(config)
+        async with Probe(config) as probe:
+            try:
+                await probe.submit("lost", "t-1", {"n": 1})
+                await poll_one(worker, "lost")  # ... and the worker vanishes without a word
+                await eventually(lambda: _is_zero(probe.tasks_left("lost")), what="the reaping")
+                (result,) = await probe.results("lost")
+                assert result.task_id == "t-1" and result.status == result.FAILED
+                assert "last delivery" in result.reason
+                (dead,) = await probe.dead("lost")
+                assert b'{"n":1}' in dead.data
+            finally:
+                await worker.close()
+                await supervisor.close()
+
+    run(scenario())
+
+
 def test_a_terminal_error_is_dead_lettered_at_once(nats_config):
     async def scenario() -> None:
         source = await started(nats_config, WorkerBinding("strict"))

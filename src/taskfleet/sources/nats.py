@@ -17,6 +17,11 @@ Promises (``DESIGN.md``, issue 3):
   would otherwise stay in the stream forever.
 - **Bad input never kills a worker.** An undecodable message gets a FAILED result and a
   dead-letter copy with the decode error, is terminated, and ``poll`` goes on.
+- **Nothing is stranded.** A task whose *last* delivery runs out its ack wait (the worker and
+  its supervisor both lost) would stay in the work-queue stream forever. JetStream announces it
+  with a MAX_DELIVERIES advisory; the process that ran :meth:`NatsSource.prepare` (the
+  supervisor) listens for those in a queue group — one handler per advisory across machines —
+  and dead-letters the task (FAILED result, dead copy) before deleting it from the stream.
 - **Pipelines.** A COMPLETED task with an output subject (on the task, or the worker binding's)
   has its output published there as a new Task (PubAck awaited, de-duplicated by id) before
   its input is acked.
@@ -56,6 +61,7 @@ from .nats_wire import (
     header_value,
     parse_handle,
     task_from_message,
+    task_id_of,
 )
 
 __all__ = ["NatsSource"]
@@ -112,6 +118,7 @@ class NatsSource(TaskSource):
         self._subs: dict[str, Any] = {}
         self._max_deliver: dict[str, int] = {}
         self._output_subjects: dict[str, str] = {}
+        self._advisories: Any = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -176,11 +183,53 @@ class NatsSource(TaskSource):
             self._max_deliver[durable] = max_deliver
             if binding.output_subject:
                 self._output_subjects[binding.task_type] = binding.output_subject
+        await self._watch_exhausted()
+
+    async def _watch_exhausted(self) -> None:
+        if self._advisories is not None:
+            return
+        stream = self.subjects.tasks_stream
+        try:
+            self._advisories = await self._require_nc().subscribe(
+                f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.*",
+                queue=f"{stream}_exhausted",
+                cb=self._on_exhausted,
+            )
+        except Exception as exc:
+            raise SourceError(f"cannot watch max-delivery advisories: {exc}") from None
+
+    async def _on_exhausted(self, msg: Any) -> None:
+        """Dead-letter a task stranded after its last delivery; logged, never raised."""
+        stream = self.subjects.tasks_stream
+        try:
+            advisory = json.loads(msg.data)
+            seq, deliveries = int(advisory["stream_seq"]), int(advisory.get("deliveries", 0))
+            try:
+                raw = await self._require_js().get_msg(stream, seq)
+            except Exception:
+                return  # already settled (a late ack or term): nothing is stranded
+            data = bytes(raw.data or b"")
+            task_type = self.subjects.type_of_task_subject(str(raw.subject))
+            try:
+                task_id = decode_task(data).id
+            except DecodeError:
+                task_id = f"{stream}:{seq}"
+            task = Task(task_id=task_id, task_type=task_type, attempt=max(deliveries, 1))
+            reason = (
+                f"not acked within the ack wait of its last delivery ({deliveries}); worker lost"
+            )
+            await self._publish_final(task, TaskResult(task_id), reason, original=data)
+            await self._require_js().delete_msg(stream, seq)
+            log.warning("dead-lettered stranded task %s (%s): %s", task_id, task_type, reason)
+        except Exception as exc:
+            log.warning("could not dead-letter a stranded task of %s: %s", stream, exc)
 
     async def close(self) -> None:
         """Unsubscribe, drain and disconnect; release the embedded server. Safe to call twice."""
         nc, self._nc, self._js = self._nc, None, None
         subs, self._subs = self._subs, {}
+        if self._advisories is not None:
+            subs["$advisories"], self._advisories = self._advisories, None
         if nc is not None:
             # An open pull subscription makes drain() hang for drain_timeout: unsubscribe first.
             for sub in subs.values():
@@ -213,11 +262,7 @@ class NatsSource(TaskSource):
             # nats-py raises a bare asyncio.TimeoutError or its own subclass on an empty poll.
             return []
         except Exception as exc:
-            raise SourceError(
-                f"fetching {request.task_type!r} tasks failed: {exc}",
-                retryable=True,
-                status=error_code(exc),
-            ) from None
+            raise await self._explain_fetch_error(request.task_type, exc) from None
         tasks = []
         for msg in messages:
             try:
@@ -225,6 +270,26 @@ class NatsSource(TaskSource):
             except DecodeError as exc:
                 await self._reject_undecodable(msg, request.task_type, exc)
         return tasks
+
+    async def _explain_fetch_error(self, task_type: str, exc: Exception) -> SourceError:
+        """Turn a fetch failure into a SourceError that says what to do about it."""
+        stale = self._subs.pop(task_type, None)  # bind again next time
+        if stale is not None:
+            with contextlib.suppress(Exception):
+                await stale.unsubscribe()
+        durable = consumer_name(task_type)
+        with contextlib.suppress(Exception):
+            await self._require_js().consumer_info(self.subjects.tasks_stream, durable)
+            return SourceError(
+                f"fetching {task_type!r} tasks failed: {exc}", status=error_code(exc)
+            )
+        # nats-py reports a missing consumer as a vague 503; name the likely cause instead.
+        return SourceError(
+            f"fetching {task_type!r} tasks failed: no consumer {durable} on stream"
+            f" {self.subjects.tasks_stream} (or the server is unreachable); the supervisor's"
+            f" prepare() provisions it ({exc})",
+            status=error_code(exc),
+        )
 
     def _to_task(self, msg: Any, task_type: str) -> Task:
         message = decode_task(msg.data)
@@ -242,7 +307,7 @@ class NatsSource(TaskSource):
         handle = parse_handle(msg.reply or "")
         seq = handle.stream_seq if handle else 0
         task = Task(
-            task_id=f"{self.subjects.tasks_stream}:{seq}",
+            task_id=task_id_of(msg.data) or f"{self.subjects.tasks_stream}:{seq}",
             task_type=task_type,
             attempt=handle.delivered if handle else 1,
             handle=msg.reply or "",

@@ -38,6 +38,7 @@ __all__ = [
     "encode_task",
     "parse_handle",
     "task_from_message",
+    "task_id_of",
 ]
 
 _TOKEN_BAD = re.compile(r"[\s*>]")
@@ -195,6 +196,14 @@ def decode_task(data: bytes) -> task_pb2.Task:
                 f"task input must be a JSON object, got {type(value).__name__}", data[:256]
             )
     return message
+
+
+def task_id_of(data: bytes) -> str:
+    """The id of a task message whose other parts may be broken; empty when unreadable."""
+    try:
+        return str(task_pb2.Task.FromString(data).id)
+    except Exception:
+        return ""
 
 
 def task_from_message(

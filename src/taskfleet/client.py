@@ -1,0 +1,378 @@
+"""``TaskClient``: submit tasks to a NATS pool and read their results from plain, synchronous code.
+
+The client owns an asyncio loop in a background thread; every public method is a blocking call
+into it, so scripts, web handlers and notebooks need no ``async``. It talks to ``NATS_URL``, or
+— when none is configured — to the machine's shared embedded server
+(:class:`taskfleet.embedded.EmbeddedNats`), starting it if no other process has.
+
+How results are read: per task type, one *ordered consumer* (ephemeral, flow-controlled, recreated
+by nats-py after a gap) on ``<prefix>.results.<type>`` from the start of the results stream. Every
+outcome it delivers is kept in memory, so ``result(id)`` is a dictionary look-up once the outcome
+has arrived, whoever submitted the task. The cost is memory proportional to the results of the
+watched types still in the stream (bounded by ``TASKFLEET_NATS_RESULTS_MAX_AGE``); a producer of
+millions of tasks a day should consume :meth:`TaskClient.results` instead of calling ``result``.
+Subjects carry the type, not the id, which is why a direct get by subject cannot find one task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import queue
+import threading
+import uuid
+from collections.abc import Coroutine, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, TypeVar
+
+from . import _json
+from .config import Configuration
+from .sources.nats_connect import connect, ensure_streams
+from .sources.nats_wire import Subjects, decode_result, encode_task
+from .task import ConfigurationError, DecodeError, SourceError, TaskfleetError, TaskLog, TaskStatus
+
+__all__ = ["ResultTimeout", "TaskClient", "TaskOutcome"]
+
+T = TypeVar("T")
+
+#: Submissions in flight at once in :meth:`TaskClient.submit_many` (PubAcks pipelined).
+PIPELINE = 256
+#: Seconds a single publish may wait for its PubAck.
+PUBLISH_TIMEOUT = 10.0
+
+
+class ResultTimeout(TaskfleetError, TimeoutError):
+    """No result for the task arrived within the timeout."""
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    """A final result as read from ``<prefix>.results.<type>``; times are epoch milliseconds."""
+
+    task_id: str
+    task_type: str
+    status: TaskStatus
+    output: Mapping[str, Any] = field(default_factory=dict)
+    reason: str = ""
+    logs: tuple[TaskLog, ...] = ()
+    worker_id: str = ""
+    attempt: int = 0
+    start_time: int = 0
+    end_time: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.status is TaskStatus.COMPLETED
+
+    @classmethod
+    def from_wire(cls, data: bytes) -> TaskOutcome:
+        """Decode a result message.
+
+        Raises:
+            DecodeError: not a TaskResult, or its output is not JSON.
+        """
+        message = decode_result(data)
+        status_name = message.Status.Name(message.status)
+        try:
+            output = _json.loads(message.output) if message.output else {}
+        except ValueError as exc:
+            raise DecodeError(f"result output is not JSON: {exc}", data[:256], exc) from None
+        return cls(
+            task_id=message.task_id,
+            task_type=message.task_type,
+            status=TaskStatus[status_name]
+            if status_name in TaskStatus.__members__
+            else TaskStatus.FAILED,
+            output=output,
+            reason=message.reason,
+            logs=tuple(
+                TaskLog(e.message, message.task_id, e.created_time_ms) for e in message.logs
+            ),
+            worker_id=message.worker_id,
+            attempt=message.attempt,
+            start_time=message.start_time_ms,
+            end_time=message.end_time_ms,
+        )
+
+
+class TaskClient:
+    """Synchronous producer API for a NATS worker pool.
+
+    Args:
+        config: settings (``NATS_URL``, credentials, prefix); default: from the environment.
+        url: shorthand for ``config.replace(nats_url=url)``.
+
+    Raises:
+        SourceError: the server is unreachable within ``nats_connect_timeout``.
+        NatsServerError: no URL is configured and the embedded server cannot start.
+    """
+
+    def __init__(self, config: Configuration | None = None, *, url: str | None = None) -> None:
+        config = config or Configuration.from_env()
+        if url is not None:
+            config = config.replace(nats_url=url)
+        self.config = config
+        self.subjects = Subjects(config.nats_prefix)
+        self._types: dict[str, str] = {}
+        self._outcomes: dict[str, TaskOutcome] = {}
+        self._waiters: dict[str, list[asyncio.Future[TaskOutcome]]] = {}
+        self._listeners: dict[str, list[queue.Queue[TaskOutcome]]] = {}
+        self._watches: dict[str, Any] = {}
+        self._lease: Any = None
+        self._closed = False
+        servers = config.nats_urls
+        if not servers:
+            from .embedded import EmbeddedNats
+
+            self._lease = EmbeddedNats(config.state_path)
+            servers = [self._lease.acquire()]
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="taskfleet-client", daemon=True
+        )
+        self._thread.start()
+        try:
+            self._nc: Any = self._call(connect(config, servers, name="taskfleet-client"))
+            self._js = self._nc.jetstream(timeout=PUBLISH_TIMEOUT)
+            # Producers may come first: the streams must exist before a task can be stored.
+            self._call(ensure_streams(self._js, config))
+        except BaseException:
+            self.close()
+            raise
+
+    # -- submitting -------------------------------------------------------------------------
+
+    def submit(
+        self,
+        task_type: str,
+        input: Mapping[str, Any] | None = None,
+        *,
+        task_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        correlation_id: str = "",
+        output_subject: str = "",
+    ) -> str:
+        """Store one task (PubAck awaited) and return its id.
+
+        Re-submitting the same ``task_id`` within the stream's duplicate window (2 min) stores
+        it once, so a retried ``submit`` after a timeout does not double the work.
+
+        Raises:
+            SourceError: the server did not confirm the task.
+            OutputError: ``input`` is not JSON-serialisable.
+        """
+        task_id = task_id or uuid.uuid4().hex
+        payload = encode_task(
+            task_id,
+            task_type,
+            input or {},
+            correlation_id=correlation_id,
+            output_subject=output_subject,
+            headers=headers,
+        )
+        self._call(self._publish(self.subjects.task(task_type), payload, task_id))
+        self._types[task_id] = task_type
+        return task_id
+
+    def submit_many(
+        self, task_type: str, inputs: Iterable[Mapping[str, Any]], *, correlation_id: str = ""
+    ) -> list[str]:
+        """Store many tasks with pipelined PubAcks; return their ids in input order.
+
+        Raises:
+            SourceError: a task was not confirmed (earlier ones may be stored: submitting the
+                same ids again is de-duplicated, see :meth:`submit`).
+        """
+        batch = []
+        for data in inputs:
+            task_id = uuid.uuid4().hex
+            payload = encode_task(task_id, task_type, data, correlation_id=correlation_id)
+            batch.append((task_id, payload))
+        subject = self.subjects.task(task_type)
+
+        async def publish_all() -> None:
+            for start in range(0, len(batch), PIPELINE):
+                chunk = batch[start : start + PIPELINE]
+                await asyncio.gather(*(self._publish(subject, p, i) for i, p in chunk))
+
+        self._call(publish_all(), timeout=PUBLISH_TIMEOUT + len(batch) * 0.01)
+        ids = [task_id for task_id, _ in batch]
+        self._types.update(dict.fromkeys(ids, task_type))
+        return ids
+
+    # -- results ----------------------------------------------------------------------------
+
+    def result(
+        self, task_id: str, timeout: float | None = 30.0, *, task_type: str | None = None
+    ) -> TaskOutcome:
+        """Block until the task's final result is on the results subject and return it.
+
+        Args:
+            task_type: needed only for tasks this client did not submit.
+            timeout: seconds; None waits forever.
+
+        Raises:
+            ResultTimeout: no result within ``timeout``.
+            ConfigurationError: the type of a foreign task id was not given.
+        """
+        task_type = task_type or self._types.get(task_id)
+        if task_type is None:
+            raise ConfigurationError(
+                "task_type", f"is required for task {task_id!r}, which this client did not submit"
+            )
+
+        async def wait() -> TaskOutcome:
+            await self._watch(task_type)
+            known = self._outcomes.get(task_id)
+            if known is not None:
+                return known
+            future: asyncio.Future[TaskOutcome] = self._loop.create_future()
+            self._waiters.setdefault(task_id, []).append(future)
+            try:
+                return await asyncio.wait_for(future, timeout)
+            except asyncio.TimeoutError:
+                raise ResultTimeout(f"no result for task {task_id} within {timeout:g} s") from None
+            finally:
+                waiters = self._waiters.get(task_id, [])
+                if future in waiters:
+                    waiters.remove(future)
+
+        return self._call(wait(), timeout=None if timeout is None else timeout + PUBLISH_TIMEOUT)
+
+    def results(self, task_type: str, *, idle_timeout: float | None = 5.0) -> Iterator[TaskOutcome]:
+        """Every final result of a type: those in the stream first, then new ones as they come.
+
+        Ends after ``idle_timeout`` seconds without a new result (None: never).
+        """
+        inbox: queue.Queue[TaskOutcome] = queue.Queue()
+
+        async def register() -> list[TaskOutcome]:
+            await self._watch(task_type)
+            # Snapshot and registration happen in one loop step: no outcome is missed or doubled.
+            self._listeners.setdefault(task_type, []).append(inbox)
+            return [o for o in self._outcomes.values() if o.task_type == task_type]
+
+        try:
+            yield from self._call(register())
+            while True:
+                try:
+                    yield inbox.get(timeout=idle_timeout)
+                except queue.Empty:
+                    return
+        finally:
+            with contextlib.suppress(Exception):
+                self._loop.call_soon_threadsafe(self._listeners.get(task_type, []).remove, inbox)
+
+    def depth(self, task_type: str) -> int:
+        """Tasks of this type in the work queue: waiting plus in flight (not yet acked).
+
+        Raises:
+            SourceError: the server did not answer.
+        """
+        subject = self.subjects.task(task_type)
+
+        async def count() -> int:
+            try:
+                info = await self._js.stream_info(
+                    self.subjects.tasks_stream, subjects_filter=subject
+                )
+            except Exception as exc:
+                raise SourceError(f"cannot read the depth of {task_type!r}: {exc}") from None
+            return int((info.state.subjects or {}).get(subject, 0))
+
+        return self._call(count())
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop watching, drain the connection, stop the loop; release the embedded server.
+
+        Safe to call twice.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        nc = getattr(self, "_nc", None)
+        if nc is not None and self._loop.is_running():
+
+            async def shutdown() -> None:
+                for sub in self._watches.values():
+                    with contextlib.suppress(Exception):
+                        await sub.unsubscribe()
+                try:
+                    await asyncio.wait_for(nc.drain(), 5.0)
+                except Exception:
+                    with contextlib.suppress(Exception):
+                        await nc.close()
+
+            with contextlib.suppress(Exception):
+                self._run(shutdown(), timeout=10.0)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10.0)
+        if not self._thread.is_alive():
+            self._loop.close()
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
+
+    def __enter__(self) -> TaskClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- internals (on the loop thread) -----------------------------------------------------
+
+    def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = 60.0) -> T:
+        if self._closed:
+            coro.close()
+            raise SourceError("the TaskClient is closed", retryable=False)
+        return self._run(coro, timeout)
+
+    def _run(self, coro: Coroutine[Any, Any, T], timeout: float | None) -> T:
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            if future.done():
+                raise  # the coroutine's own TimeoutError (ResultTimeout), not ours
+            future.cancel()
+            raise SourceError(f"the NATS call did not finish within {timeout:g} s") from None
+
+    async def _publish(self, subject: str, payload: bytes, task_id: str) -> None:
+        try:
+            await self._js.publish(
+                subject, payload, timeout=PUBLISH_TIMEOUT, headers={"Nats-Msg-Id": task_id}
+            )
+        except Exception as exc:
+            raise SourceError(f"submitting task {task_id} to {subject} failed: {exc}") from None
+
+    async def _watch(self, task_type: str) -> None:
+        if task_type in self._watches:
+            return
+
+        async def on_result(msg: Any) -> None:
+            try:
+                outcome = TaskOutcome.from_wire(msg.data)
+            except DecodeError:
+                return  # not ours to judge; the producer of that message is at fault
+            self._outcomes[outcome.task_id] = outcome
+            for future in self._waiters.pop(outcome.task_id, []):
+                if not future.done():
+                    future.set_result(outcome)
+            for inbox in self._listeners.get(task_type, []):
+                inbox.put(outcome)
+
+        try:
+            self._watches[task_type] = await self._js.subscribe(
+                self.subjects.result(task_type), cb=on_result, ordered_consumer=True
+            )
+        except Exception as exc:
+            raise SourceError(f"cannot read results of {task_type!r}: {exc}") from None
