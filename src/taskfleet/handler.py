@@ -566,6 +566,7 @@ class TaskHandler:
             reason = child.leaving
             label = "recycled" if child.leaving.startswith("recycled") else "exited"
         child.last_exit = reason
+        child.process = None  # handled: the monitor must not see this death twice
         metrics.mark_process_dead(child.pid)
         self._report_lost(child, reason)
         if self._stopping:
@@ -582,7 +583,9 @@ class TaskHandler:
             child.crashes_in_a_row += 1
         delay = 0.0
         if child.crashes_in_a_row > 1:
-            delay = min(self.config.restart_backoff_max, 0.25 * 2 ** (child.crashes_in_a_row - 2))
+            delay = min(
+                self.config.restart_backoff_max, 0.25 * 2 ** min(child.crashes_in_a_row - 2, 16)
+            )
         child.restarts += 1
         child.state = State.WAITING
         child.restart_at = now + delay
@@ -605,8 +608,7 @@ class TaskHandler:
                 continue  # already reported when its deadline passed
             result = task.result(TaskStatus.FAILED, reason=reason, worker_id=child.options.identity)
             result.exception = "WorkerLost"
-            if hand_back:
-                result.retry_after = 0.0
+            result.retry_after = 0.0  # NATS: redeliver now, to another process
             self._agent.report(task, result)
             m.taskfleet_tasks_lost.labels(task.task_type, "drain" if hand_back else "crash").inc()
         log.warning("%s: reported %d in-flight task(s) FAILED: %s", child.name, len(lost), reason)
