@@ -425,9 +425,16 @@ def run_local(
         if w.task_type in used
     ]
 
+    def settled(task_id: str) -> bool:
+        results = source.results.get(task_id, [])
+        if not results or results[-1].status is TaskStatus.IN_PROGRESS:
+            return False
+        # A retryable failure is queued again by the source until its attempts are spent.
+        failures = sum(r.status is TaskStatus.FAILED for r in results)
+        return results[-1].status is not TaskStatus.FAILED or failures >= max_attempts
+
     def done() -> bool:
-        finals = (source.final(t.task_id) for t in tasks)
-        return all(r is not None and r.status.is_terminal for r in finals)
+        return all(settled(t.task_id) for t in tasks)
 
     if runners:
         asyncio.run(_run_runners(runners, done))
@@ -476,8 +483,13 @@ def _json_object_arg(text: str, flag: str) -> dict[str, Any]:
 
 
 def _open_client(config: Configuration) -> Any:
+    """A TaskClient; its connection warnings stay quiet unless TASKFLEET_LOG_LEVEL asks for
+    them, because a failure to connect is reported once, as the command's error line."""
     from .client import TaskClient
+    from .logs import configure_logging, secrets_of
 
+    level = config.log_level if os.environ.get("TASKFLEET_LOG_LEVEL") else "error"
+    configure_logging(level, config.log_format, secrets=secrets_of(config))
     return TaskClient(config)
 
 
@@ -570,9 +582,12 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
     raise _Stop
 
 
-def _wait_forever(alive: Callable[[], bool]) -> None:
+def _serve_until_stopped(url: str, note: str, alive: Callable[[], bool]) -> None:
+    """Print the URL, then wait until Ctrl-C, SIGTERM or the server's death: a clean stop."""
     previous = signal.signal(signal.SIGTERM, _raise_stop)
     try:
+        print(url, flush=True)
+        _err(note)
         while alive():
             time.sleep(0.5)
     except (KeyboardInterrupt, _Stop):
@@ -597,16 +612,14 @@ def cmd_nats_server(args: argparse.Namespace) -> int:
             raise _usage(f"--port: expected 1-65535, got {args.port}")
         server = NatsServer(config.state_path / f"nats-{args.port}", port=args.port)
         with server.start():
-            print(server.url, flush=True)
-            _err(f"nats-server running (store {server.store_dir}); Ctrl-C stops it")
-            _wait_forever(lambda: server.running)
+            note = f"nats-server running (store {server.store_dir}); Ctrl-C stops it"
+            _serve_until_stopped(server.url, note, lambda: server.running)
         return EXIT_OK
     lease = EmbeddedNats(config.state_path)
     url = lease.acquire()
     try:
-        print(url, flush=True)
-        _err(f"embedded nats-server running (state {lease.dir}); Ctrl-C stops it")
-        _wait_forever(lambda: True)
+        note = f"embedded nats-server running (state {lease.dir}); Ctrl-C stops it"
+        _serve_until_stopped(url, note, lambda: True)
     finally:
         lease.release()
     return EXIT_OK
