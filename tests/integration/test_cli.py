@@ -90,6 +90,12 @@ def test_exit_codes_are_documented_in_docs_cli():
 def test_python_dash_m_and_the_console_script_are_the_same_command():
     done = taskfleet("--version")
     assert done.returncode == 0 and done.stdout.startswith("taskfleet ")
+    script = Path(sys.executable).parent / "taskfleet"
+    if script.exists():  # installed with pip install -e .
+        installed = subprocess.run(
+            [str(script), "--version"], capture_output=True, text=True, timeout=30, check=False
+        )
+        assert installed.stdout == done.stdout
 
 
 # -- taskfleet local ----------------------------------------------------------------------
