@@ -45,9 +45,7 @@ def python_blocks(page: Path) -> list[tuple[int, str]]:
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_every_relative_link_resolves_to_a_file(page):
     broken = [
-        link
-        for link in relative_links(page)
-        if not (page.parent / link.split("#", 1)[0]).exists()
+        link for link in relative_links(page) if not (page.parent / link.split("#", 1)[0]).exists()
     ]
     assert not broken, f"{page.relative_to(ROOT)}: broken links {broken}"
 
@@ -71,7 +69,10 @@ def test_names_imported_from_taskfleet_exist(page):
     missing = []
     for line, code in python_blocks(page):
         for node in ast.walk(ast.parse(code)):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "taskfleet":
+            if (
+                isinstance(node, ast.ImportFrom)
+                and (node.module or "").split(".")[0] == "taskfleet"
+            ):
                 module = importlib.import_module(node.module)  # type: ignore[arg-type]
                 missing += [
                     f"{node.module}.{alias.name} (line {line})"
