@@ -50,6 +50,24 @@ def test_every_relative_link_resolves_to_a_file(page):
     assert not broken, f"{page.relative_to(ROOT)}: broken links {broken}"
 
 
+def anchors(page: Path) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens."""
+    headings = re.findall(r"^#+ (.*)$", _without_code(page.read_text()), re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_anchor_into_a_markdown_page_exists(page):
+    broken = []
+    for link in relative_links(page):
+        path, _, anchor = link.partition("#")
+        target = page.parent / path
+        if anchor and target.suffix == ".md" and target.exists():
+            if anchor not in anchors(target):
+                broken.append(link)
+    assert not broken, f"{page.relative_to(ROOT)}: links to missing headings {broken}"
+
+
 @pytest.mark.parametrize("page", EXAMPLE_PAGES, ids=lambda p: p.name)
 def test_the_examples_have_python_code(page):
     assert python_blocks(page), f"{page.name} has no python code blocks"
