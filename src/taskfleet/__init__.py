@@ -3,6 +3,7 @@
 The public API is what this module exports; implementation modules are private by convention.
 """
 
+from .client import ResultTimeout, TaskClient, TaskOutcome
 from .config import Configuration
 from .context import TaskContext, add_log, get_task_context
 from .handler import TaskHandler
@@ -33,6 +34,10 @@ __all__ = [
     "worker_task",
     # running workers
     "TaskHandler",
+    # producing tasks (NATS)
+    "ResultTimeout",
+    "TaskClient",
+    "TaskOutcome",
     # inside a handler
     "TaskContext",
     "add_log",

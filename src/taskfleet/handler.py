@@ -189,6 +189,14 @@ class TaskHandler:
         self._install_signals = install_signal_handlers
         method = self.config.start_method or _default_start_method()
         self._ctx = multiprocessing.get_context(method)
+        if method == "forkserver":
+            # Children fork from a server that has already imported the runtime and the source
+            # (no threads, no sockets): a restarted process is serving again sooner.
+            source = self.config.resolved_source
+            preload = ["taskfleet.runner", "taskfleet.delivery"]
+            if source in ("conductor", "nats"):
+                preload.append(f"taskfleet.sources.{source}")
+            self._ctx.set_forkserver_preload(preload)  # type: ignore[attr-defined]
         self._lock = threading.RLock()
         self._started = False
         self._stopping = False
@@ -511,11 +519,16 @@ class TaskHandler:
             elif kind == SETTLED:
                 for task_id in message[1]:
                     child.in_flight.pop(task_id, None)
+                child.crashes_in_a_row = 0  # it does work: a later death is not a crash loop
             elif kind == HEARTBEAT:
                 child.status = message[1]
                 if child.state is State.STARTING:
                     child.state = State.RUNNING
-                if child.status is not None and child.status.completed:
+                if child.status is not None and (
+                    child.status.completed or child.status.last_poll_ok
+                ):
+                    # Started up far enough to poll: restart backoff is for processes that cannot
+                    # get going (bad import, unreachable server), not for ones killed mid-work.
                     child.crashes_in_a_row = 0
             elif kind == HELLO:
                 child.slots = message[2]

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 from taskfleet import worker_task
 
 
+def _record(n: int) -> None:
+    # Every execution is appended to a per-process file, so the suite can count re-runs.
+    directory = os.environ.get("TASKFLEET_CHAOS_RUNS")
+    if directory:
+        with open(os.path.join(directory, f"{os.getpid()}.txt"), "a") as f:
+            f.write(f"{n}\n")
+
+
 @worker_task("chaos_work", threads=4, processes=3, poll_interval=20)
 def chaos_work(n: int) -> dict:
     time.sleep(0.02)  # long enough that kills land mid-task
+    _record(n)
     return {"n": n}

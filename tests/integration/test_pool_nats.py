@@ -1,0 +1,85 @@
+"""The supervised pool on NATS JetStream: a real nats-server, real processes, real native code."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import pytest
+from nats_pool_workers import native_mixed, native_spin, nats_square
+
+from taskfleet import Configuration, TaskClient, TaskHandler, TaskStatus
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+
+
+def pool_config(nats_config: Configuration) -> Configuration:
+    return nats_config.replace(metrics_address="127.0.0.1:0", kill_grace=0.5)
+
+
+def scrape(url: str) -> str:
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
+        return r.read().decode()
+
+
+def total(body: str, name: str, **labels: str) -> float:
+    out = 0.0
+    for line in body.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            out += float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def test_pool_on_nats_completes_every_task_and_metrics_sum_over_processes(nats_config):
+    config = pool_config(nats_config)
+    with (
+        TaskClient(config) as client,
+        TaskHandler([nats_square], config, install_signal_handlers=False) as h,
+    ):
+        h.start_processes()
+        ids = client.submit_many("nats_square", [{"x": i} for i in range(300)])
+        outcomes = [client.result(i, timeout=60) for i in ids]
+        body = scrape(h.metrics_url)
+        workers = json.loads(urllib.request.urlopen(h.metrics_url + "/workers").read())["workers"]
+    assert [o.status for o in outcomes] == [TaskStatus.COMPLETED] * 300
+    assert [o.output["y"] for o in outcomes] == [i * i for i in range(300)]
+    assert len({o.output["pid"] for o in outcomes}) == 2
+    assert len(workers) == 2
+    done = total(body, "task_execute_time_seconds_count", taskType="nats_square")
+    assert done >= 300  # at-least-once: a redelivery could add one, never fewer
+
+
+def test_a_segfault_in_native_code_costs_exactly_that_task(nats_config, native_libs):
+    config = pool_config(nats_config)
+    with (
+        TaskClient(config) as client,
+        TaskHandler([native_mixed], config, install_signal_handlers=False) as h,
+    ):
+        h.start_processes()
+        before = client.submit_many("native_mixed", [{"n": 2000 + i} for i in range(20)])
+        bomb = client.submit("native_mixed", {"n": 1, "crash": True})
+        after = client.submit_many("native_mixed", [{"n": 3000 + i} for i in range(20)])
+        crashed = client.result(bomb, timeout=60)
+        others = [client.result(i, timeout=60) for i in before + after]
+        restarts = h.workers_status()[0]["restarts"]
+    assert crashed.status is TaskStatus.FAILED
+    assert "SIGSEGV" in crashed.reason
+    assert all(o.status is TaskStatus.COMPLETED for o in others)
+    assert restarts >= 2  # the bomb was delivered twice (max_attempts=2), each killed a process
+
+
+def test_a_native_call_that_never_returns_is_stopped_by_the_hard_time_limit(
+    nats_config, native_libs
+):
+    config = pool_config(nats_config)
+    with (
+        TaskClient(config) as client,
+        TaskHandler([native_spin], config, install_signal_handlers=False) as h,
+    ):
+        h.start_processes()
+        stuck = client.submit("native_spin", {"spin": True})
+        outcome = client.result(stuck, timeout=60)
+        fine = client.result(client.submit("native_spin", {}), timeout=60)
+    assert outcome.status is TaskStatus.FAILED
+    assert "time_limit" in outcome.reason
+    assert fine.status is TaskStatus.COMPLETED
