@@ -10,15 +10,30 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ..natsserver import NatsCluster, NatsServer
     from .conductor import ConductorTestServer, Job, Outcome, RequestRecord
+    from .nats import embedded_nats, nats_cluster
 
-__all__ = ["ConductorTestServer", "Job", "Outcome", "RequestRecord"]
+__all__ = [
+    "ConductorTestServer",
+    "Job",
+    "NatsCluster",
+    "NatsServer",
+    "Outcome",
+    "RequestRecord",
+    "embedded_nats",
+    "nats_cluster",
+]
 
 _LAZY = {
     "ConductorTestServer": ".conductor",
     "Job": ".conductor",
     "Outcome": ".conductor",
     "RequestRecord": ".conductor",
+    "NatsServer": "..natsserver",
+    "NatsCluster": "..natsserver",
+    "embedded_nats": ".nats",
+    "nats_cluster": ".nats",
 }
 
 
