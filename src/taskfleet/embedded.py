@@ -142,14 +142,18 @@ class EmbeddedNats:
             return None
 
     def _stop_server(self) -> None:
+        data = self._read_discovery() or {}
+        listed = int(data.get("pid", 0))
         if self._server is not None:
+            stopped = self._server.pid or 0
             self._server.stop()
             self._server = None
-        else:
-            data = self._read_discovery() or {}
-            pid = int(data.get("pid", 0))
-            if _is_our_server(pid, self.dir):
-                _terminate(pid)
+            if listed and listed != stopped:
+                # The file describes a server another process started after ours died: it is
+                # still in use, so its discovery file stays.
+                return
+        elif _is_our_server(listed, self.dir):
+            _terminate(listed)
         with contextlib.suppress(FileNotFoundError):
             self.discovery_file.unlink()
 

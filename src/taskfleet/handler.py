@@ -22,6 +22,7 @@ import logging
 import multiprocessing
 import os
 import pickle
+import random
 import shutil
 import signal
 import sys
@@ -196,7 +197,7 @@ class TaskHandler:
             preload = ["taskfleet.runner", "taskfleet.delivery"]
             if source in ("conductor", "nats"):
                 preload.append(f"taskfleet.sources.{source}")
-            self._ctx.set_forkserver_preload(preload)  # type: ignore[attr-defined]
+            self._ctx.set_forkserver_preload(preload)
         self._lock = threading.RLock()
         self._started = False
         self._stopping = False
@@ -510,8 +511,11 @@ class TaskHandler:
         with self._lock:
             if kind == RECEIVED:
                 opts = child.options
+                # An async handler's own (soft) limit fires first and fails just that task; the
+                # hard kill is the backstop for a handler that blocks the event loop.
+                grace = self.config.kill_grace + 1.0 if child.worker.is_async else 0.0
                 for task in message[1]:
-                    deadline = now + opts.time_limit if opts.time_limit else None
+                    deadline = now + opts.time_limit + grace if opts.time_limit else None
                     every = self._lease_interval(opts, task)
                     child.in_flight[task.task_id] = InFlight(
                         task, now, deadline, every, now + every if every else None
@@ -621,7 +625,10 @@ class TaskHandler:
                 continue  # already reported when its deadline passed
             result = task.result(TaskStatus.FAILED, reason=reason, worker_id=child.options.identity)
             result.exception = "WorkerLost"
-            result.retry_after = 0.0  # NATS: redeliver now, to another process
+            # NATS: redeliver now. After a crash, a little jitter keeps the tasks that shared the
+            # dead process from arriving together again, so an innocent neighbour of a task that
+            # crashes every time it runs is not killed with it on every delivery.
+            result.retry_after = 0.0 if hand_back else random.uniform(0.0, 1.0)
             self._agent.report(task, result)
             m.taskfleet_tasks_lost.labels(task.task_type, "drain" if hand_back else "crash").inc()
         log.warning("%s: reported %d in-flight task(s) FAILED: %s", child.name, len(lost), reason)

@@ -17,7 +17,7 @@ def nats_square(x: int) -> dict:
     return {"y": x * x, "pid": os.getpid()}
 
 
-@worker_task("native_mixed", threads=2, poll_interval=20, max_attempts=2)
+@worker_task("native_mixed", threads=2, poll_interval=20, max_attempts=3)
 def native_mixed(n: int, crash: bool = False) -> dict:
     """Counts primes in native code; ``crash`` segfaults inside the library instead."""
     if crash:

@@ -62,10 +62,14 @@ def test_a_segfault_in_native_code_costs_exactly_that_task(nats_config, native_l
         crashed = client.result(bomb, timeout=60)
         others = [client.result(i, timeout=60) for i in before + after]
         restarts = h.workers_status()[0]["restarts"]
+        body = scrape(h.metrics_url)
     assert crashed.status is TaskStatus.FAILED
     assert "SIGSEGV" in crashed.reason
     assert all(o.status is TaskStatus.COMPLETED for o in others)
-    assert restarts >= 2  # the bomb was delivered twice (max_attempts=2), each killed a process
+    assert restarts >= 3  # the bomb was delivered 3 times (max_attempts=3), each killed a process
+    assert total(body, "taskfleet_dead_letters_total", taskType="native_mixed") == 1
+    assert total(body, "taskfleet_nats_redeliveries_total", taskType="native_mixed") >= 1
+    assert total(body, "worker_restart_total", taskType="native_mixed") >= 3
 
 
 def test_a_native_call_that_never_returns_is_stopped_by_the_hard_time_limit(

@@ -38,7 +38,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from .. import _json
+from .. import _json, metrics
 from ..config import Configuration
 from ..task import (
     DecodeError,
@@ -218,7 +218,9 @@ class NatsSource(TaskSource):
             reason = (
                 f"not acked within the ack wait of its last delivery ({deliveries}); worker lost"
             )
-            await self._publish_final(task, TaskResult(task_id), reason, original=data)
+            await self._publish_final(
+                task, TaskResult(task_id), reason, original=data, kind="stranded"
+            )
             await self._require_js().delete_msg(stream, seq)
             log.warning("dead-lettered stranded task %s (%s): %s", task_id, task_type, reason)
         except Exception as exc:
@@ -294,6 +296,8 @@ class NatsSource(TaskSource):
     def _to_task(self, msg: Any, task_type: str) -> Task:
         message = decode_task(msg.data)
         metadata = msg.metadata
+        if metadata.num_delivered > 1:
+            metrics.get().taskfleet_nats_redeliveries.labels(task_type).inc()
         return task_from_message(
             message,
             task_type=task_type,
@@ -314,7 +318,9 @@ class NatsSource(TaskSource):
         )
         reason = f"undecodable task message: {exc}"
         try:
-            await self._publish_final(task, TaskResult(task.task_id), reason, original=msg.data)
+            await self._publish_final(
+                task, TaskResult(task.task_id), reason, original=msg.data, kind="undecodable"
+            )
             await self._settle(task.handle, _TERM)
         except SourceError as err:
             # Left un-acked: it comes back after ack_wait and is dead-lettered then.
@@ -380,7 +386,8 @@ class NatsSource(TaskSource):
             reason = result.reason_for_incompletion or "failed"
             if status is TaskStatus.FAILED:
                 reason += f" (gave up after {task.attempt} attempts)"
-        await self._publish_final(task, result, reason, terminal=status)
+        kind = "terminal" if status is TaskStatus.FAILED_WITH_TERMINAL_ERROR else "attempts_spent"
+        await self._publish_final(task, result, reason, terminal=status, kind=kind)
         await self._settle(task.handle, _TERM)
         return None
 
@@ -448,8 +455,12 @@ class NatsSource(TaskSource):
         *,
         terminal: TaskStatus = TaskStatus.FAILED,
         original: bytes | None = None,
+        kind: str = "attempts_spent",
     ) -> None:
-        """A FAILED result and a dead-letter copy of the task, both PubAck'd."""
+        """A FAILED result and a dead-letter copy of the task, both PubAck'd.
+
+        ``kind`` (undecodable, terminal, attempts_spent, stranded) labels the dead-letter count.
+        """
         status = (
             TaskStatus.FAILED_WITH_TERMINAL_ERROR
             if terminal is TaskStatus.FAILED_WITH_TERMINAL_ERROR
@@ -461,6 +472,7 @@ class NatsSource(TaskSource):
                 self._dead_letter(task, reason, original),
             ]
         )
+        metrics.get().taskfleet_dead_letters.labels(task.task_type, kind).inc()
 
     async def _dead_letter(self, task: Task, reason: str, original: bytes | None) -> None:
         subject = self.subjects.task(task.task_type)
