@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import abc
 import base64
+import collections.abc
 import dataclasses
 import enum
 import importlib
@@ -380,9 +381,11 @@ def _converter_for(tp: Any) -> Converter:
             raise _fail(path, f"one of {list(allowed)!r}", value)
 
         return conv_literal
-    if origin in (list, tuple, set, frozenset, typing.Sequence) or tp in (list, tuple, set):
+    # typing.Sequence[int] and collections.abc.Sequence[int] both have the abc class as origin.
+    sequences = (list, tuple, set, frozenset, collections.abc.Sequence, collections.abc.Iterable)
+    if origin in sequences or tp in (list, tuple, set):
         container = origin or tp
-        if container is typing.Sequence or container is type(None):
+        if container not in (list, tuple, set, frozenset):
             container = list
         if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
             item = _converter_for(args[0])
@@ -409,7 +412,7 @@ def _converter_for(tp: Any) -> Converter:
             return build(item(v, f"{path}[{i}]") for i, v in enumerate(value))
 
         return conv_seq
-    if origin in (dict, typing.Mapping) or tp is dict:
+    if origin in (dict, collections.abc.Mapping, collections.abc.MutableMapping) or tp is dict:
         key_conv = _converter_for(args[0]) if args else _conv_any
         val_conv = _converter_for(args[1]) if len(args) > 1 else _conv_any
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 import enum
 import pickle
+import typing
+from collections.abc import Mapping as AbcMapping
+from collections.abc import Sequence as AbcSequence
 from typing import Literal
 
 import pytest
@@ -185,3 +188,25 @@ def test_invalid_env_override_names_the_variable():
 def test_invalid_decorator_argument_fails_at_definition():
     with pytest.raises(ConfigurationError, match="threads"):
         worker_task("bad", threads=0)(lambda: None)
+
+
+def test_abstract_sequence_and_mapping_annotations_are_converted_and_checked():
+    # (annotations resolve in the module globals, so the imports are at the top of the file)
+    @worker_task("abstract_types")
+    def handler(
+        a: typing.Sequence[int],
+        b: AbcSequence[float],
+        c: typing.Mapping[str, int],
+        d: AbcMapping[str, str],
+    ):
+        return None
+
+    task = Task("t", "abstract_types", {"a": [1, 2], "b": [1, 2.5], "c": {"x": 1}, "d": {"k": "v"}})
+    assert handler.bind(task) == {"a": [1, 2], "b": [1.0, 2.5], "c": {"x": 1}, "d": {"k": "v"}}
+    bad = Task("t", "abstract_types", {"a": ["x"], "b": [], "c": {}, "d": {}})
+    try:
+        handler.bind(bad)
+    except InputError as exc:
+        assert "a[0]" in str(exc)
+    else:
+        raise AssertionError("a list of strings must not bind to Sequence[int]")
