@@ -612,9 +612,15 @@ class WorkerInterface(abc.ABC):
     threads: int = 1
     processes: int = 1
     poll_interval: int = DEFAULT_POLL_INTERVAL_MS
+    poll_timeout: int = DEFAULT_POLL_TIMEOUT_MS
     domain: str | None = None
     worker_id: str | None = None
     time_limit: float | None = None
+    lease_extend: bool | float = True
+    paused: bool = False
+    max_attempts: int = 0
+    max_tasks_per_child: int = 0
+    max_memory_per_child: int = 0
 
     def __init__(self, task_definition_name: str) -> None:
         self.task_definition_name = task_definition_name
@@ -636,9 +642,15 @@ class WorkerInterface(abc.ABC):
             threads=self.threads,
             processes=self.processes,
             poll_interval=self.poll_interval,
+            poll_timeout=self.poll_timeout,
             domain=self.domain,
             worker_id=self.worker_id,
+            lease_extend=self.lease_extend,
             time_limit=self.time_limit,
+            paused=self.paused,
+            max_attempts=self.max_attempts,
+            max_tasks_per_child=self.max_tasks_per_child,
+            max_memory_per_child=self.max_memory_per_child,
         )
 
 
