@@ -222,3 +222,29 @@ def test_sigterm_drains_in_flight_tasks_to_completion_and_exits_zero(server, tmp
     assert "drained" in out
     assert all(server.job(i).status == "COMPLETED" for i in ids)
     assert os.path.exists(tmp_path / "s" / "spool.sqlite3")
+
+
+def test_counters_survive_a_killed_process_and_its_live_gauges_go_with_it(server, tmp_path):
+    # A process killed while parked in a long poll leaves the server handing its next tasks to a
+    # dead connection: those come back after the response timeout (the documented window).
+    server.register_task_def("square", response_timeout_seconds=3)
+    first = server.enqueue_many("square", [{"x": i} for i in range(60)])
+    cfg = config_for(server, tmp_path)
+    with TaskHandler([square.with_options(processes=3)], cfg, install_signal_handlers=False) as h:
+        h.start_processes()
+        assert server.wait_for(first, timeout=60)
+        base = h.metrics_url
+        assert eventually(lambda: _sample(get(base + "/metrics")[1], "active_workers") == 3)
+        before = _sample(get(base + "/metrics")[1], "task_execute_time_seconds_count")
+        victim = h.workers_status()[0]["pid"]
+        os.kill(victim, signal.SIGKILL)
+        assert eventually(lambda: h.workers_status()[0]["restarts"] == 1)
+        second = server.enqueue_many("square", [{"x": i} for i in range(60)])
+        assert server.wait_for(second, timeout=60)
+        assert eventually(lambda: h.workers_status()[0]["state"] == "running")
+        body = get(base + "/metrics")[1]
+    assert before >= 60
+    assert _sample(body, "task_execute_time_seconds_count") >= before + 60
+    # 3 live processes: the dead one's gauge files were removed, not summed in
+    assert _sample(body, "active_workers") == 3
+    assert _sample(body, "worker_restart_total", taskType="square") == 1
