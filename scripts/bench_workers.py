@@ -92,9 +92,11 @@ def _taskfleet_pool(args: argparse.Namespace) -> tuple[Any, list[int]]:
 
 
 def _peer_pool(args: argparse.Namespace) -> tuple[Any, list[int]]:
-    from conductor.client.automator.task_handler import TaskHandler
-    from conductor.client.configuration.configuration import Configuration
-    from conductor.client.worker.worker import Worker
+    from conductor.client.automator.task_handler import TaskHandler  # type: ignore[import-untyped]
+    from conductor.client.configuration.configuration import (  # type: ignore[import-untyped]
+        Configuration,
+    )
+    from conductor.client.worker.worker import Worker  # type: ignore[import-untyped]
 
     options: dict[str, Any] = {"thread_count": args.threads}
     if args.poll_interval is not None:
