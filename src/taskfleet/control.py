@@ -76,7 +76,7 @@ class ControlClient:
         self._send((HEARTBEAT, status))
 
     def received(self, tasks: Sequence[Task]) -> None:
-        if tasks:
+        if tasks and not self._broken:
             self._send((RECEIVED, [t.slim() for t in tasks]))
 
     def settled(self, task_ids: Sequence[str]) -> None:

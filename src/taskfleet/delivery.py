@@ -10,7 +10,9 @@ Worker processes and the supervisor (which reports the tasks of dead processes) 
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 import time
 from collections.abc import Callable
 
@@ -69,38 +71,50 @@ class Delivery:
         #: set when this process wrote to the spool or found rows in it; cleared by flush()
         self.spool_pending = spool is not None and spool.count() > 0
 
+    async def _report_once(self, task: Task, result: TaskResult, chain: bool) -> Task | None:
+        m = metrics.get()
+        started = time.monotonic()
+        try:
+            next_task = await self.source.report(task, result, chain=chain)
+        except SourceError as exc:
+            m.task_update_error.labels(task.task_type, type(exc).__name__).inc()
+            m.task_update_time_seconds.labels(task.task_type, "error").observe(
+                time.monotonic() - started
+            )
+            log.warning(
+                "result of task %s (%s) not delivered: %s", task.task_id, task.task_type, exc
+            )
+            raise
+        m.task_update_time_seconds.labels(task.task_type, result.status.value).observe(
+            time.monotonic() - started
+        )
+        return next_task
+
     async def _report_with_retries(
         self, task: Task, result: TaskResult, chain: bool
     ) -> Task | None:
-        m = metrics.get()
+        # The common case costs one call: the retry machinery starts only after a failure.
+        try:
+            return await self._report_once(task, result, chain)
+        except SourceError as exc:
+            if not exc.retryable or self._attempts <= 1:
+                raise
+        started = time.monotonic()
+        wait = wait_random_exponential(multiplier=0.1, max=self._wait_max)
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(self._attempts) | stop_after_delay(self._max_seconds),
-            wait=wait_random_exponential(multiplier=0.1, max=self._wait_max),
+            stop=stop_after_attempt(self._attempts - 1)
+            | stop_after_delay(max(self._max_seconds - 0.1, 0.0)),
+            wait=wait,
             retry=retry_if_exception(_retryable),
             reraise=True,
         )
+        await asyncio.sleep(random.uniform(0.0, 0.1))  # the first retry's wait, jittered
         async for attempt in retrying:
             with attempt:
-                started = time.monotonic()
-                try:
-                    next_task = await self.source.report(task, result, chain=chain)
-                except SourceError as exc:
-                    m.task_update_error.labels(task.task_type, type(exc).__name__).inc()
-                    m.task_update_time_seconds.labels(task.task_type, "error").observe(
-                        time.monotonic() - started
-                    )
-                    log.warning(
-                        "result of task %s (%s) not delivered: %s",
-                        task.task_id,
-                        task.task_type,
-                        exc,
-                    )
-                    raise
-                m.task_update_time_seconds.labels(task.task_type, result.status.value).observe(
-                    time.monotonic() - started
-                )
-                return next_task
-        return None  # pragma: no cover - AsyncRetrying either returns or raises
+                return await self._report_once(task, result, chain)
+        raise SourceError(  # pragma: no cover - AsyncRetrying either returns or raises
+            f"gave up after {time.monotonic() - started:.1f}s"
+        )
 
     async def deliver(self, task: Task, result: TaskResult, *, chain: bool = False) -> Task | None:
         """Deliver ``result``; when the server stays unreachable, spool it durably.

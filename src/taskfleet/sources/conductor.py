@@ -277,6 +277,13 @@ class ConductorSource(TaskSource):
             adapter = HTTPAdapter(pool_connections=2, pool_maxsize=2, max_retries=0)
             session.mount("http://", adapter)
             session.mount("https://", adapter)
+            # Proxy and CA-bundle variables are read once here instead of on every request
+            # (requests scans the whole environment per call when trust_env is on).
+            env = session.merge_environment_settings(self._base, {}, None, None, None)
+            session.trust_env = False
+            session.proxies.update(env.get("proxies") or {})
+            if env.get("verify") not in (None, True):
+                session.verify = env["verify"]
             self._local.session = session
             with self._lock:
                 self._sessions.append(session)
