@@ -60,9 +60,10 @@ class Backoff:
     The cap can change while backing off (errors: 2 s at first, 10 s once an outage is long).
     """
 
-    def __init__(self, base: float, cap: float) -> None:
+    def __init__(self, base: float, cap: float, jitter: float = 0.5) -> None:
         self.base = base
         self.cap = cap
+        self.jitter = jitter  # each delay is drawn from [ceiling * (1 - jitter), ceiling]
         self.failures = 0
         self.since: float | None = None
 
@@ -71,7 +72,7 @@ class Backoff:
             self.since = time.monotonic()
         self.failures += 1
         ceiling = min(self.cap, self.base * (2 ** min(self.failures - 1, 30)))
-        return random.uniform(ceiling / 2, ceiling)
+        return random.uniform(ceiling * (1.0 - self.jitter), ceiling)
 
     def reset(self) -> None:
         self.failures = 0
@@ -204,7 +205,8 @@ class Runner:
 
     async def _poll_loop(self) -> None:
         assert self._wake is not None and self._delivery is not None
-        empty = Backoff(0.001, max(self.options.poll_interval, 1) / 1000.0)
+        # Idle: from 1 ms up to poll_interval, little jitter so the interval is what was asked.
+        empty = Backoff(0.001, max(self.options.poll_interval, 1) / 1000.0, jitter=0.2)
         errors = Backoff(0.1, 2.0)
         m = metrics.get()
         while not self._stopping:

@@ -44,3 +44,24 @@ async def blocker(seconds: float) -> dict:
 @worker_task("whoami", poll_interval=20)
 def whoami(task: Task) -> dict:
     return {"attempt": task.attempt, "pid": os.getpid()}
+
+
+@worker_task("alpha", threads=4, processes=2, poll_interval=20, poll_timeout=700)
+def alpha(x: int) -> dict:
+    return {"alpha": x + 1}
+
+
+@worker_task("beta", threads=4, processes=2, poll_interval=20, poll_timeout=700)
+async def beta(x: int) -> dict:
+    return {"beta": x * 2}
+
+
+@worker_task("drainer", threads=4, processes=2, poll_interval=20)
+def drainer(seconds: float) -> dict:
+    time.sleep(seconds)
+    return {"slept": seconds}
+
+
+@worker_task("idle", poll_interval=2000, poll_timeout=100)
+def idle() -> dict:
+    return {}

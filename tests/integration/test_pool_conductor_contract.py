@@ -1,0 +1,176 @@
+"""What the Conductor path promises on the wire, checked against the test server's request log."""
+
+from __future__ import annotations
+
+import itertools
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.parse
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from pool_workers import alpha, beta, idle, whoami
+
+from taskfleet import Configuration, TaskHandler
+from taskfleet.testing import ConductorTestServer
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
+
+
+def config_for(server: ConductorTestServer, tmp_path: Path, **changes) -> Configuration:
+    return Configuration(
+        source="conductor",
+        conductor_server_url=server.url,
+        state_dir=str(tmp_path / "state"),
+        metrics_address="off",
+        **changes,
+    ).validate()
+
+
+def polls(server: ConductorTestServer, task_type: str | None = None) -> list:
+    out = []
+    for r in server.requests:
+        if r.path.startswith("/tasks/poll/batch/") and (
+            task_type is None or r.path.endswith("/" + task_type)
+        ):
+            out.append((r, dict(urllib.parse.parse_qsl(r.query))))
+    return out
+
+
+def test_two_types_two_processes_four_threads_complete_2000_tasks_each_reported_once(
+    tmp_path,
+):
+    with ConductorTestServer() as server:
+        a = server.enqueue_many("alpha", [{"x": i} for i in range(1000)])
+        b = server.enqueue_many("beta", [{"x": i} for i in range(1000)])
+        cfg = config_for(server, tmp_path)
+        with TaskHandler([alpha, beta], cfg, install_signal_handlers=False) as handler:
+            handler.start_processes()
+            assert server.wait_for(a + b, timeout=120)
+        jobs_a = [server.job(i) for i in a]
+        jobs_b = [server.job(i) for i in b]
+        assert [j.output for j in jobs_a] == [{"alpha": i + 1} for i in range(1000)]
+        assert [j.output for j in jobs_b] == [{"beta": i * 2} for i in range(1000)]
+        assert all(len(j.history) == 1 for j in jobs_a + jobs_b), "a task was reported twice"
+        seen = polls(server)
+        assert seen
+        # never more than the 4 slots of one process, and the configured long-poll wait
+        assert max(int(q["count"]) for _, q in seen) <= 4
+        assert {q["timeout"] for _, q in seen} == {"700"}
+        assert {q["workerid"] for _, q in seen} and all(q["workerid"] for _, q in seen)
+
+
+def test_a_failing_server_is_polled_a_handful_of_times_and_work_resumes_quickly(tmp_path):
+    outage = 10.0
+    with ConductorTestServer() as server:
+        cfg = config_for(server, tmp_path)
+        handler = TaskHandler(
+            [whoami.with_options(processes=2)], cfg, install_signal_handlers=False
+        )
+        with handler:
+            handler.start_processes()
+            assert server.wait_for(lambda: len(polls(server)) >= 2, timeout=30)
+            server.go_down("500")
+            start = time.monotonic()
+            time.sleep(outage)
+            during = [r for r, _ in polls(server) if start <= r.at <= start + outage]
+            server.go_up()
+            back = time.monotonic()
+            task = server.enqueue("whoami", {})
+            assert server.wait_for([task], timeout=30)
+            resumed = time.monotonic() - back
+    per_process = len(during) / 2
+    print(
+        f"\n{len(during)} polls from 2 processes during a {outage:.0f}s outage; "
+        f"first task done {resumed:.2f}s after recovery"
+    )
+    assert per_process <= 15, "a failing server must not be hammered"
+    assert resumed < 4.0
+
+
+def test_an_idle_worker_polls_at_its_poll_interval_not_faster(tmp_path):
+    with ConductorTestServer() as server:
+        cfg = config_for(server, tmp_path)
+        with TaskHandler([idle], cfg, install_signal_handlers=False) as handler:
+            handler.start_processes()
+            assert server.wait_for(lambda: len(polls(server, "idle")) >= 17, timeout=90)
+        times = [r.at for r, _ in polls(server, "idle")]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    # the backoff grows from milliseconds to poll_interval (2 s) and stays there
+    assert max(gaps) <= 2.0 + 0.5
+    assert min(gaps[-3:]) >= 2.0 * 0.75
+
+
+DRAIN_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+from pool_workers import drainer
+from taskfleet import Configuration, TaskHandler
+
+cfg = Configuration(source="conductor", conductor_server_url={url!r}, state_dir={state!r},
+                    metrics_address="off", drain_timeout=30)
+if __name__ == "__main__":
+    with TaskHandler([drainer], cfg) as handler:
+        handler.start_processes()
+        handler.join_processes()
+"""
+
+
+def test_sigterm_with_eight_tasks_running_reports_all_eight_completed_and_exits_zero(tmp_path):
+    with ConductorTestServer() as server:
+        ids = server.enqueue_many("drainer", [{"seconds": 2.0} for _ in range(8)])
+        script = tmp_path / "main.py"
+        script.write_text(
+            textwrap.dedent(DRAIN_SCRIPT).format(
+                tests=str(Path(__file__).resolve().parent),
+                url=server.url,
+                state=str(tmp_path / "state"),
+            )
+        )
+        proc = subprocess.Popen(
+            [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        try:
+            assert server.wait_for(
+                lambda: all(server.job(i).status == "IN_PROGRESS" for i in ids), timeout=60
+            )
+            proc.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            _, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 0, err
+        assert all(server.job(i).status == "COMPLETED" for i in ids)
+        # polls already waiting at the signal may be answered within their timeout (1 s)
+        late = [r for r, _ in polls(server) if r.at > signalled + 1.5]
+        assert late == [], "no new polls after SIGTERM"
+
+
+def test_auth_token_is_sent_refreshed_once_when_expired_and_never_logged(tmp_path, capfd):
+    secret = "s3cr3t-value-never-logged"
+    with ConductorTestServer(auth=("key-id", secret)) as server:
+        ids = server.enqueue_many("whoami", [{} for _ in range(5)])
+        cfg = config_for(
+            server,
+            tmp_path,
+            conductor_auth_key="key-id",
+            conductor_auth_secret=secret,
+            log_level="debug",
+        )
+        with TaskHandler([whoami], cfg, install_signal_handlers=False) as handler:
+            handler.start_processes()
+            assert server.wait_for(ids, timeout=30)
+            server.expire_tokens()
+            more = server.enqueue_many("whoami", [{} for _ in range(5)])
+            assert server.wait_for(more, timeout=30)
+        tokens = Counter(r.status for r in server.requests if r.path == "/token")
+    out, err = capfd.readouterr()
+    assert tokens[200] >= 2  # the first token, and a new one after they expired
+    assert all(server.job(i).status == "COMPLETED" for i in ids + more)
+    assert "taskfleet" in err  # the debug logs were captured ...
+    assert secret not in out + err  # ... and the secret is in none of them
