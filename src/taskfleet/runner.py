@@ -133,6 +133,7 @@ class Runner:
         self._executor: ThreadPoolExecutor | None = None
         self._delivery: Delivery | None = None
         self._polling = False
+        self._settled_ids: list[str] = []
 
     # -- control ------------------------------------------------------------------------------
 
@@ -298,7 +299,22 @@ class Runner:
                 self._stop_now("supervisor gone")
             await asyncio.sleep(HEARTBEAT_INTERVAL)
 
+    def _settled(self, task_id: str) -> None:
+        # Coalesced: one control message per loop iteration, not one per task. A death before
+        # the flush only makes the supervisor re-report a settled task, which servers ignore.
+        if not self.control.connected:
+            return
+        self._settled_ids.append(task_id)
+        if len(self._settled_ids) == 1:
+            asyncio.get_running_loop().call_soon(self._flush_settled)
+
+    def _flush_settled(self) -> None:
+        if self._settled_ids:
+            ids, self._settled_ids = self._settled_ids, []
+            self.control.settled(ids)
+
     def _send_heartbeat(self) -> None:
+        self._flush_settled()
         self.control.heartbeat(
             ChildStatus(
                 in_flight=len(self._running),
@@ -344,7 +360,7 @@ class Runner:
                     error = exc
                     log.exception("%s: reporting task %s failed", self.task_type, task.task_id)
                 self._hook("after_report", task, result, error)
-                self.control.settled([task.task_id])
+                self._settled(task.task_id)
                 self._stats.completed += 1
                 if self._recycle_due():
                     self._stop_now(self._recycle_reason())

@@ -151,26 +151,53 @@ def test_sigterm_with_eight_tasks_running_reports_all_eight_completed_and_exits_
         assert late == [], "no new polls after SIGTERM"
 
 
-def test_auth_token_is_sent_refreshed_once_when_expired_and_never_logged(tmp_path, capfd):
+AUTH_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+from pool_workers import whoami
+from taskfleet import Configuration, TaskHandler
+
+cfg = Configuration(source="conductor", conductor_server_url={url!r}, state_dir={state!r},
+                    metrics_address="off", conductor_auth_key="key-id",
+                    conductor_auth_secret={secret!r}, log_level="debug")
+if __name__ == "__main__":
+    with TaskHandler([whoami], cfg) as handler:
+        handler.start_processes()
+        handler.join_processes()
+"""
+
+
+def test_auth_token_is_sent_refreshed_once_when_expired_and_never_logged(tmp_path):
+    # In a process of its own, so every log line of the pool (debug level) is on its stderr.
     secret = "s3cr3t-value-never-logged"
     with ConductorTestServer(auth=("key-id", secret)) as server:
         ids = server.enqueue_many("whoami", [{} for _ in range(5)])
-        cfg = config_for(
-            server,
-            tmp_path,
-            conductor_auth_key="key-id",
-            conductor_auth_secret=secret,
-            log_level="debug",
+        script = tmp_path / "main.py"
+        script.write_text(
+            textwrap.dedent(AUTH_SCRIPT).format(
+                tests=str(Path(__file__).resolve().parent),
+                url=server.url,
+                state=str(tmp_path / "state"),
+                secret=secret,
+            )
         )
-        with TaskHandler([whoami], cfg, install_signal_handlers=False) as handler:
-            handler.start_processes()
-            assert server.wait_for(ids, timeout=30)
+        proc = subprocess.Popen(
+            [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        try:
+            assert server.wait_for(ids, timeout=60)
             server.expire_tokens()
             more = server.enqueue_many("whoami", [{} for _ in range(5)])
-            assert server.wait_for(more, timeout=30)
+            assert server.wait_for(more, timeout=60)
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
         tokens = Counter(r.status for r in server.requests if r.path == "/token")
-    out, err = capfd.readouterr()
+        done = all(server.job(i).status == "COMPLETED" for i in ids + more)
+    assert proc.returncode == 0, err
     assert tokens[200] >= 2  # the first token, and a new one after they expired
-    assert all(server.job(i).status == "COMPLETED" for i in ids + more)
-    assert "taskfleet" in err  # the debug logs were captured ...
+    assert done
+    assert "DEBUG" in err  # the debug logs were captured ...
     assert secret not in out + err  # ... and the secret is in none of them
