@@ -29,7 +29,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -336,6 +336,13 @@ class Runner:
     # -- tasks --------------------------------------------------------------------------------
 
     def _start(self, tasks: Sequence[Task]) -> None:
+        if self.options.output_subject:
+            # Pipelines: the worker's output goes on as the next task unless the task names
+            # its own next step.
+            tasks = [
+                t if t.output_subject else replace(t, output_subject=self.options.output_subject)
+                for t in tasks
+            ]
         self.control.received(tasks)
         m = metrics.get()
         m.taskfleet_tasks_received.labels(self.task_type).inc(len(tasks))

@@ -31,3 +31,24 @@ def native_spin(spin: bool = False) -> dict:
     if spin:
         spin_forever()
     return {"spun": False}
+
+
+@worker_task("nats_cube", threads=2, processes=2, poll_interval=20)
+def nats_cube(x: int) -> dict:
+    return {"y": x * x * x, "pid": os.getpid()}
+
+
+# A three-stage pipeline: each stage's output is the next stage's input.
+@worker_task("stage_parse", threads=4, poll_interval=20, output_subject="stage_enrich")
+def stage_parse(text: str) -> dict:
+    return {"words": text.split()}
+
+
+@worker_task("stage_enrich", threads=4, poll_interval=20, output_subject="stage_count")
+def stage_enrich(words: list[str]) -> dict:
+    return {"words": words, "upper": [w.upper() for w in words]}
+
+
+@worker_task("stage_count", threads=4, poll_interval=20)
+def stage_count(words: list[str], upper: list[str]) -> dict:
+    return {"count": len(words), "first": upper[0] if upper else ""}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -72,6 +73,22 @@ def test_pool_completes_every_task_once_and_one_scrape_sums_all_processes(server
     assert jobs[0].logs == ("squaring 0",)
     assert len({j.output["pid"] for j in jobs}) == 2, "both processes should have served tasks"
     assert len(workers) == 2 and all(w["task_type"] == "square" for w in workers)
+    if shutil.which("promtool"):  # Debian's prometheus package; .ci/run installs it
+        check = subprocess.run(
+            ["promtool", "check", "metrics"],
+            input=body,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        # `taskType` is camelCase on purpose (the Conductor SDKs' label, so their dashboards
+        # work); promtool's style lint says so for each metric. Anything else is a problem.
+        problems = [
+            line
+            for line in (check.stdout + check.stderr).splitlines()
+            if line.strip() and "should be written in 'snake_case' not 'camelCase'" not in line
+        ]
+        assert problems == [], problems
     count = _sample(body, "task_execute_time_seconds_count", taskType="square", status="COMPLETED")
     assert count == 200
     assert _sample(body, "active_workers", taskType="square") == 2
@@ -248,3 +265,19 @@ def test_counters_survive_a_killed_process_and_its_live_gauges_go_with_it(server
     # 3 live processes: the dead one's gauge files were removed, not summed in
     assert _sample(body, "active_workers") == 3
     assert _sample(body, "worker_restart_total", taskType="square") == 1
+
+
+def test_readyz_flips_while_the_server_is_down_and_healthz_stays_ok(server, tmp_path):
+    cfg = config_for(server, tmp_path)
+    with TaskHandler([whoami], cfg, install_signal_handlers=False) as h:
+        h.start_processes()
+        base = h.metrics_url
+        assert eventually(lambda: get(base + "/readyz")[0] == 200)
+        server.go_down("refuse")
+        went_down = time.monotonic()
+        assert eventually(lambda: get(base + "/readyz")[0] == 503, timeout=30)
+        not_ready_after = time.monotonic() - went_down
+        assert get(base + "/healthz")[0] == 200
+        server.go_up()
+        assert eventually(lambda: get(base + "/readyz")[0] == 200, timeout=30)
+    assert not_ready_after < 15

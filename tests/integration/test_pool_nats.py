@@ -6,7 +6,15 @@ import json
 import urllib.request
 
 import pytest
-from nats_pool_workers import native_mixed, native_spin, nats_square
+from nats_pool_workers import (
+    native_mixed,
+    native_spin,
+    nats_cube,
+    nats_square,
+    stage_count,
+    stage_enrich,
+    stage_parse,
+)
 
 from taskfleet import Configuration, TaskClient, TaskHandler, TaskStatus
 
@@ -87,3 +95,42 @@ def test_a_native_call_that_never_returns_is_stopped_by_the_hard_time_limit(
     assert outcome.status is TaskStatus.FAILED
     assert "time_limit" in outcome.reason
     assert fine.status is TaskStatus.COMPLETED
+
+
+def test_two_types_two_processes_5000_tasks_one_result_each_and_an_empty_queue(nats_config):
+    config = pool_config(nats_config).replace(metrics_address="off")
+    workers = [nats_square, nats_cube]
+    with (
+        TaskClient(config) as client,
+        TaskHandler(workers, config, install_signal_handlers=False) as h,
+    ):
+        h.start_processes()
+        squares = client.submit_many("nats_square", [{"x": i} for i in range(2500)])
+        cubes = client.submit_many("nats_cube", [{"x": i} for i in range(2500)])
+        outcomes = [client.result(i, timeout=120) for i in squares + cubes]
+        depth = client.depth("nats_square") + client.depth("nats_cube")
+        seen = [o.task_id for o in client.results("nats_square", idle_timeout=1.0)]
+        seen += [o.task_id for o in client.results("nats_cube", idle_timeout=1.0)]
+    assert all(o.status is TaskStatus.COMPLETED for o in outcomes)
+    assert sorted(seen) == sorted(squares + cubes), "exactly one result per task on the subject"
+    assert depth == 0
+
+
+def test_a_three_stage_pipeline_completes_1000_chains(nats_config):
+    config = pool_config(nats_config).replace(metrics_address="off")
+    stages = [stage_parse, stage_enrich, stage_count]
+    with (
+        TaskClient(config) as client,
+        TaskHandler(stages, config, install_signal_handlers=False) as h,
+    ):
+        h.start_processes()
+        ids = client.submit_many("stage_parse", [{"text": f"w{i} b c"} for i in range(1000)])
+        # The last stage's task id is derived from the first: "<id>>stage_enrich>stage_count".
+        finals = [
+            client.result(f"{i}>stage_enrich>stage_count", timeout=120, task_type="stage_count")
+            for i in ids
+        ]
+        depth = sum(client.depth(t) for t in ("stage_parse", "stage_enrich", "stage_count"))
+    assert [f.output["first"] for f in finals] == [f"W{i}" for i in range(1000)]
+    assert all(f.output["count"] == 3 for f in finals)
+    assert depth == 0

@@ -364,6 +364,8 @@ class NatsSource(TaskSource):
         if status is TaskStatus.COMPLETED:
             publishes = [self._publish_result(task, result)]
             subject = task.output_subject or self._output_subjects.get(task.task_type, "")
+            if subject and "." not in subject:
+                subject = self.subjects.task(subject)  # a bare name is the next task type
             if subject:
                 publishes.append(self._publish_next(task, result, subject))
             await _all(publishes)
