@@ -21,3 +21,24 @@ def chaos_work(n: int) -> dict:
     time.sleep(0.02)  # long enough that kills land mid-task
     _record(n)
     return {"n": n}
+
+
+@worker_task("chaos_native", threads=1, processes=2, poll_interval=20)
+def chaos_native(n: int, crash: bool = False) -> dict:
+    """Counts primes in C; ``crash`` segfaults inside the library instead."""
+    from examples.native.workers import count_primes, segfault
+
+    if crash:
+        directory = os.environ.get("TASKFLEET_CHAOS_RUNS")
+        if directory:  # when it crashed, to measure how soon the failure is reported
+            with open(os.path.join(directory, f"crash-{n}"), "w") as f:
+                f.write(repr(time.time()))
+        segfault()
+    return {"primes": count_primes(n)}
+
+
+@worker_task("chaos_slow", threads=10, processes=2, poll_interval=20)
+def chaos_slow(seconds: float) -> dict:
+    time.sleep(seconds)
+    _record(0)
+    return {"slept": seconds}
