@@ -240,7 +240,11 @@ class Runner:
             m.task_poll.labels(self.task_type).inc()
             try:
                 tasks = await self.source.poll(request)
-            except SourceError as exc:
+            except Exception as exc:
+                # SourceError is the contract; anything else is a bug in a source, and a bug
+                # must cost a backoff, not the process (a crash would loop on the same input).
+                if not isinstance(exc, SourceError):
+                    log.exception("%s: the source's poll failed unexpectedly", self.task_type)
                 m.task_poll_time_seconds.labels(self.task_type, "error").observe(
                     time.monotonic() - started
                 )

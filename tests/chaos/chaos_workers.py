@@ -42,3 +42,8 @@ def chaos_slow(seconds: float) -> dict:
     time.sleep(seconds)
     _record(0)
     return {"slept": seconds}
+
+
+@worker_task("hostile", threads=4, processes=2, poll_interval=20)
+def hostile(x: int) -> dict:
+    return {"x": x}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 
 import pytest
@@ -89,11 +90,15 @@ def test_a_native_call_that_never_returns_is_stopped_by_the_hard_time_limit(
         TaskHandler([native_spin], config, install_signal_handlers=False) as h,
     ):
         h.start_processes()
+        submitted = time.monotonic()
         stuck = client.submit("native_spin", {"spin": True})
         outcome = client.result(stuck, timeout=60)
+        reported_after = time.monotonic() - submitted
         fine = client.result(client.submit("native_spin", {}), timeout=60)
     assert outcome.status is TaskStatus.FAILED
     assert "time_limit" in outcome.reason
+    # time_limit is 1 s: submitted, picked up, killed and reported well within 3 s of the limit
+    assert reported_after < 4.0, reported_after
     assert fine.status is TaskStatus.COMPLETED
 
 

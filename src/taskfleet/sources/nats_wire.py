@@ -189,7 +189,8 @@ def decode_task(data: bytes) -> task_pb2.Task:
     if message.input:
         try:
             value = _json.loads(message.input)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            # RecursionError: JSON nested deeper than the parser's stack allows.
             raise DecodeError(f"task input is not JSON: {exc}", data[:256], exc) from None
         if not isinstance(value, dict):
             raise DecodeError(
