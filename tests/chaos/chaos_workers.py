@@ -8,30 +8,29 @@ import time
 from taskfleet import worker_task
 
 
-def _record(n: int) -> None:
-    # Every execution is appended to a per-process file, so the suite can count re-runs.
-    directory = os.environ.get("TASKFLEET_CHAOS_RUNS")
+def _record(n: int, directory: str) -> None:
+    # Every execution is appended to a per-process file, so the suite can count re-runs. (The
+    # directory travels in the input: forkserver children do not see the test's later env.)
     if directory:
         with open(os.path.join(directory, f"{os.getpid()}.txt"), "a") as f:
             f.write(f"{n}\n")
 
 
 @worker_task("chaos_work", threads=4, processes=3, poll_interval=20)
-def chaos_work(n: int) -> dict:
+def chaos_work(n: int, runs: str = "") -> dict:
     time.sleep(0.02)  # long enough that kills land mid-task
-    _record(n)
+    _record(n, runs)
     return {"n": n}
 
 
 @worker_task("chaos_native", threads=1, processes=2, poll_interval=20)
-def chaos_native(n: int, crash: bool = False) -> dict:
+def chaos_native(n: int, crash: bool = False, runs: str = "") -> dict:
     """Counts primes in C; ``crash`` segfaults inside the library instead."""
     from examples.native.workers import count_primes, segfault
 
     if crash:
-        directory = os.environ.get("TASKFLEET_CHAOS_RUNS")
-        if directory:  # when it crashed, to measure how soon the failure is reported
-            with open(os.path.join(directory, f"crash-{n}"), "w") as f:
+        if runs:  # when it crashed, to measure how soon the failure is reported
+            with open(os.path.join(runs, f"crash-{n}"), "w") as f:
                 f.write(repr(time.time()))
         segfault()
     return {"primes": count_primes(n)}
@@ -40,7 +39,6 @@ def chaos_native(n: int, crash: bool = False) -> dict:
 @worker_task("chaos_slow", threads=10, processes=2, poll_interval=20)
 def chaos_slow(seconds: float) -> dict:
     time.sleep(seconds)
-    _record(0)
     return {"slept": seconds}
 
 

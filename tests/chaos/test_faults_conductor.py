@@ -41,15 +41,12 @@ def wait(predicate, timeout: float) -> bool:
 
 
 @pytest.mark.timeout(300)
-def test_50_segfaults_in_1000_tasks_fail_exactly_those_50_at_once(
-    tmp_path, native_libs, monkeypatch
-):
+def test_50_segfaults_in_1000_tasks_fail_exactly_those_50_at_once(tmp_path, native_libs):
     runs = tmp_path / "runs"
     runs.mkdir()
-    monkeypatch.setenv("TASKFLEET_CHAOS_RUNS", str(runs))
     with ConductorTestServer() as server:
         server.register_task_def("chaos_native", retry_count=0)
-        orders = [{"n": 2000 + i, "crash": i % 20 == 7} for i in range(1000)]
+        orders = [{"n": 2000 + i, "crash": i % 20 == 7, "runs": str(runs)} for i in range(1000)]
         ids = server.enqueue_many("chaos_native", orders)
         handler = TaskHandler(
             [chaos_native], config_for(server, tmp_path), install_signal_handlers=False

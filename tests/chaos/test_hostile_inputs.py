@@ -90,7 +90,10 @@ def test_10000_hostile_inputs_fail_with_reasons_and_crash_nothing(tmp_path):
                 if len(outcomes) == MESSAGES:
                     break
             rss_after = sum(_rss_mib(p) for p in pids)
-            depth = client.depth("hostile")
+            # each result is published before its task is settled: wait for the last acks
+            deadline = time.monotonic() + 30
+            while (depth := client.depth("hostile")) and time.monotonic() < deadline:
+                time.sleep(0.1)
             restarts = sum(w["restarts"] for w in handler.workers_status())
     statuses = Counter(o.status for o in outcomes)
     report(

@@ -17,10 +17,9 @@ TASKS = int(os.environ.get("TASKFLEET_CHAOS_TASKS", "2000"))
 
 
 @pytest.mark.timeout(300)
-def test_kill_9_every_half_second_loses_no_task_on_nats(tmp_path, monkeypatch):
+def test_kill_9_every_half_second_loses_no_task_on_nats(tmp_path):
     runs = tmp_path / "runs"
     runs.mkdir()
-    monkeypatch.setenv("TASKFLEET_CHAOS_RUNS", str(runs))
     with NatsServer(tmp_path / "nats") as server:
         config = Configuration.from_env(
             {},
@@ -36,7 +35,9 @@ def test_kill_9_every_half_second_loses_no_task_on_nats(tmp_path, monkeypatch):
             TaskHandler([chaos_work], config, install_signal_handlers=False) as handler,
         ):
             handler.start_processes()
-            ids = client.submit_many("chaos_work", [{"n": i} for i in range(TASKS)])
+            ids = client.submit_many(
+                "chaos_work", [{"n": i, "runs": str(runs)} for i in range(TASKS)]
+            )
             with killer(lambda: live_pids(handler), every=0.5) as killed:
                 outcomes = [client.result(i, timeout=240) for i in ids]
             elapsed = time.monotonic() - started
