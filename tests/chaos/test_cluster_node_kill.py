@@ -6,7 +6,7 @@ import time
 
 import pytest
 from chaos_workers import chaos_work
-from conftest import report
+from helpers import report
 
 from taskfleet import Configuration, TaskClient, TaskHandler, TaskStatus
 from taskfleet.testing.nats import nats_cluster

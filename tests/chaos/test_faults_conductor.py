@@ -12,32 +12,13 @@ from pathlib import Path
 
 import pytest
 from chaos_workers import chaos_native, chaos_slow, chaos_work
-from conftest import report
+from helpers import conductor_config, report, wait_until
 
-from taskfleet import Configuration, TaskHandler
+from taskfleet import TaskHandler
 from taskfleet.testing import ConductorTestServer
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # examples.native.workers, in this process and its children
-
-
-def config_for(server: ConductorTestServer, state: Path, **changes) -> Configuration:
-    return Configuration(
-        source="conductor",
-        conductor_server_url=server.url,
-        state_dir=str(state),
-        metrics_address="off",
-        **changes,
-    ).validate()
-
-
-def wait(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 @pytest.mark.timeout(300)
@@ -49,7 +30,7 @@ def test_50_segfaults_in_1000_tasks_fail_exactly_those_50_at_once(tmp_path, nati
         orders = [{"n": 2000 + i, "crash": i % 20 == 7, "runs": str(runs)} for i in range(1000)]
         ids = server.enqueue_many("chaos_native", orders)
         handler = TaskHandler(
-            [chaos_native], config_for(server, tmp_path), install_signal_handlers=False
+            [chaos_native], conductor_config(server, tmp_path), install_signal_handlers=False
         )
         with handler:
             handler.start_processes()
@@ -80,13 +61,13 @@ def test_a_frozen_process_is_detected_replaced_and_its_tasks_rerun(tmp_path):
     with ConductorTestServer() as server:
         server.register_task_def("chaos_slow", retry_count=3)
         ids = server.enqueue_many("chaos_slow", [{"seconds": 1.0} for _ in range(4)])
-        cfg = config_for(server, tmp_path, heartbeat_timeout=3.0)
+        cfg = conductor_config(server, tmp_path, heartbeat_timeout=3.0)
         with TaskHandler(
             [chaos_slow.with_options(processes=1)], cfg, install_signal_handlers=False
         ) as h:
             h.start_processes()
             # the supervisor knows all 4 (announced on the control channel) before the freeze
-            assert wait(lambda: h.workers_status()[0]["in_flight"] == 4, timeout=30)
+            wait_until(lambda: h.workers_status()[0]["in_flight"] == 4, timeout=30)
             frozen = h.workers_status()[0]["pid"]
             os.kill(frozen, signal.SIGSTOP)
             stopped = time.monotonic()
@@ -107,7 +88,7 @@ def test_a_30s_outage_spools_results_and_survives_the_pool_killed_meanwhile(tmp_
     state = tmp_path / "state"
     with ConductorTestServer() as server:
         first = server.enqueue_many("chaos_work", [{"n": i} for i in range(200)])
-        cfg = config_for(server, state)
+        cfg = conductor_config(server, state)
         worker = chaos_work.with_options(processes=2)
         h1 = TaskHandler([worker], cfg, install_signal_handlers=False)
         h1.start_processes()
@@ -158,7 +139,7 @@ def test_sigterm_drain_of_20_running_3s_tasks(tmp_path, drain):
     with ConductorTestServer() as server:
         server.register_task_def("chaos_slow", retry_count=3)
         ids = server.enqueue_many("chaos_slow", [{"seconds": 3.0} for _ in range(20)])
-        cfg = config_for(server, tmp_path, drain_timeout=drain)
+        cfg = conductor_config(server, tmp_path, drain_timeout=drain)
         with TaskHandler([chaos_slow], cfg, install_signal_handlers=False) as h:
             h.start_processes()
             assert server.wait_for(

@@ -12,7 +12,7 @@ from pathlib import Path
 import nats
 import pytest
 from chaos_workers import hostile
-from conftest import report
+from helpers import report
 
 from taskfleet import Configuration, TaskClient, TaskHandler, TaskStatus
 from taskfleet._proto.taskfleet.v1 import task_pb2

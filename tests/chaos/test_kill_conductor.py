@@ -7,7 +7,7 @@ import time
 
 import pytest
 from chaos_workers import chaos_work
-from conftest import killer, live_pids, report
+from helpers import killer, live_pids, report
 
 from taskfleet import Configuration, TaskHandler
 from taskfleet.testing import ConductorTestServer

@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 from chaos_workers import chaos_work
-from conftest import killer, live_pids, report
+from helpers import killer, live_pids, report
 
 from taskfleet import Configuration, TaskClient, TaskHandler, TaskStatus
 from taskfleet.natsserver import NatsServer

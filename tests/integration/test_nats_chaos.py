@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import nats.errors
 import pytest
-from nats_helpers import run
+from helpers import run
 
 from taskfleet.client import TaskClient
 from taskfleet.config import Configuration

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from nats_helpers import run, wait_until
+from helpers import run, wait_until
 
 from taskfleet.client import TaskClient
 from taskfleet.config import Configuration

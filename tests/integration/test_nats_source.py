@@ -11,8 +11,8 @@ from typing import Any
 
 import nats
 import pytest
+from helpers import eventually, run
 from nats.js.api import RetentionPolicy
-from nats_helpers import eventually, run
 
 from taskfleet.config import Configuration
 from taskfleet.sources.base import PollRequest, WorkerBinding

@@ -10,13 +10,13 @@ import subprocess
 import sys
 import textwrap
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers import conductor_config, http_get, metric_total, wait_until
 from pool_workers import blocker, crashy, long_lease, sleeper, square, whoami
 
-from taskfleet import Configuration, TaskHandler
+from taskfleet import TaskHandler
 from taskfleet.testing import ConductorTestServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -28,44 +28,21 @@ def server():
         yield s
 
 
-def config_for(server: ConductorTestServer, tmp_path: Path, **changes) -> Configuration:
-    return Configuration(
-        source="conductor",
-        conductor_server_url=server.url,
-        state_dir=str(tmp_path / "state"),
-        metrics_address="127.0.0.1:0",
-        **changes,
-    ).validate()
-
-
-def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
-
-def eventually(predicate, timeout: float = 20.0, every: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(every)
-    return predicate()
-
-
 def test_pool_completes_every_task_once_and_one_scrape_sums_all_processes(server, tmp_path):
     ids = server.enqueue_many("square", [{"x": i} for i in range(200)])
-    with TaskHandler([square], config_for(server, tmp_path), install_signal_handlers=False) as h:
+    with TaskHandler(
+        [square],
+        conductor_config(server, tmp_path / "state", metrics_address="127.0.0.1:0"),
+        install_signal_handlers=False,
+    ) as h:
         h.start_processes()
         assert server.wait_for(ids, timeout=60)
         base = h.metrics_url
-        assert eventually(lambda: get(base + "/readyz")[0] == 200)
-        status, body = get(base + "/metrics")
+        wait_until(lambda: http_get(base + "/readyz")[0] == 200)
+        status, body = http_get(base + "/metrics")
         assert status == 200
-        workers = json.loads(get(base + "/workers")[1])["workers"]
-        assert get(base + "/healthz")[0] == 200
+        workers = json.loads(http_get(base + "/workers")[1])["workers"]
+        assert http_get(base + "/healthz")[0] == 200
     jobs = [server.job(i) for i in ids]
     assert all(j.status == "COMPLETED" for j in jobs)
     assert all(len(j.history) == 1 for j in jobs), "a task was executed twice"
@@ -89,19 +66,11 @@ def test_pool_completes_every_task_once_and_one_scrape_sums_all_processes(server
             if line.strip() and "should be written in 'snake_case' not 'camelCase'" not in line
         ]
         assert problems == [], problems
-    count = _sample(body, "task_execute_time_seconds_count", taskType="square", status="COMPLETED")
+    count = metric_total(
+        body, "task_execute_time_seconds_count", taskType="square", status="COMPLETED"
+    )
     assert count == 200
-    assert _sample(body, "active_workers", taskType="square") == 2
-
-
-def _sample(body: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in body.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        if all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+    assert metric_total(body, "active_workers", taskType="square") == 2
 
 
 def test_a_segfault_fails_exactly_that_task_at_once_naming_the_signal(server, tmp_path):
@@ -109,7 +78,7 @@ def test_a_segfault_fails_exactly_that_task_at_once_naming_the_signal(server, tm
     before = server.enqueue_many("crashy", [{"x": i} for i in range(5)])
     bomb = server.enqueue("crashy", {"x": -1, "crash": True})
     after = server.enqueue_many("crashy", [{"x": i} for i in range(5, 20)])
-    cfg = config_for(server, tmp_path)
+    cfg = conductor_config(server, tmp_path / "state", metrics_address="127.0.0.1:0")
     with TaskHandler([crashy], cfg, install_signal_handlers=False) as h:
         h.start_processes()
         assert server.wait_for([*before, bomb, *after], timeout=60)
@@ -131,13 +100,15 @@ def test_a_segfault_fails_exactly_that_task_at_once_naming_the_signal(server, tm
 def test_a_task_past_its_time_limit_is_killed_reported_and_the_process_replaced(server, tmp_path):
     server.register_task_def("sleeper", retry_count=0)
     stuck = server.enqueue("sleeper", {"seconds": 60})
-    cfg = config_for(server, tmp_path, kill_grace=0.5)
+    cfg = conductor_config(
+        server, tmp_path / "state", metrics_address="127.0.0.1:0", kill_grace=0.5
+    )
     with TaskHandler([sleeper], cfg, install_signal_handlers=False) as h:
         h.start_processes()
         assert server.wait_for([stuck], timeout=20)
         quick = server.enqueue("sleeper", {"seconds": 0.01})
         assert server.wait_for([quick], timeout=20)
-        assert eventually(lambda: h.workers_status()[0]["restarts"] == 1)
+        wait_until(lambda: h.workers_status()[0]["restarts"] == 1)
     job = server.job(stuck)
     assert job.status == "FAILED"
     assert "timed out after 1s" in job.reason
@@ -148,7 +119,9 @@ def test_leases_are_extended_by_the_supervisor_while_a_task_runs(server, tmp_pat
     server.register_task_def("long_lease", response_timeout_seconds=1, retry_count=0)
     task = server.enqueue("long_lease", {"seconds": 3})
     with TaskHandler(
-        [long_lease], config_for(server, tmp_path), install_signal_handlers=False
+        [long_lease],
+        conductor_config(server, tmp_path / "state", metrics_address="127.0.0.1:0"),
+        install_signal_handlers=False,
     ) as h:
         h.start_processes()
         assert server.wait_for([task], timeout=20)
@@ -160,7 +133,9 @@ def test_leases_are_extended_by_the_supervisor_while_a_task_runs(server, tmp_pat
 def test_a_wedged_process_is_killed_and_its_task_reported(server, tmp_path):
     server.register_task_def("blocker", retry_count=0)
     task = server.enqueue("blocker", {"seconds": 30})
-    cfg = config_for(server, tmp_path, heartbeat_timeout=2.0)
+    cfg = conductor_config(
+        server, tmp_path / "state", metrics_address="127.0.0.1:0", heartbeat_timeout=2.0
+    )
     with TaskHandler([blocker], cfg, install_signal_handlers=False) as h:
         h.start_processes()
         assert server.wait_for([task], timeout=20)
@@ -173,7 +148,7 @@ def test_results_are_spooled_while_the_server_is_down_and_delivered_when_it_retu
     server, tmp_path, monkeypatch
 ):
     ids = server.enqueue_many("whoami", [{} for _ in range(3)])
-    cfg = config_for(server, tmp_path)
+    cfg = conductor_config(server, tmp_path / "state", metrics_address="127.0.0.1:0")
     with TaskHandler([whoami], cfg, install_signal_handlers=False) as h:
         h.start_processes()
         assert server.wait_for(ids, timeout=20)
@@ -188,7 +163,9 @@ def test_results_are_spooled_while_the_server_is_down_and_delivered_when_it_retu
 def test_drain_finishes_in_flight_tasks_and_hands_back_what_cannot_finish(server, tmp_path):
     server.register_task_def("sleeper", retry_count=0)
     short = server.enqueue("sleeper", {"seconds": 0.5})
-    cfg = config_for(server, tmp_path, drain_timeout=0.3)
+    cfg = conductor_config(
+        server, tmp_path / "state", metrics_address="127.0.0.1:0", drain_timeout=0.3
+    )
     with TaskHandler(
         [sleeper.with_options(time_limit=None)], cfg, install_signal_handlers=False
     ) as h:
@@ -227,9 +204,7 @@ def test_sigterm_drains_in_flight_tasks_to_completion_and_exits_zero(server, tmp
         [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
-        assert eventually(
-            lambda: all(server.job(i).status == "IN_PROGRESS" for i in ids), timeout=30
-        )
+        wait_until(lambda: all(server.job(i).status == "IN_PROGRESS" for i in ids), timeout=30)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
     finally:
@@ -246,38 +221,38 @@ def test_counters_survive_a_killed_process_and_its_live_gauges_go_with_it(server
     # dead connection: those come back after the response timeout (the documented window).
     server.register_task_def("square", response_timeout_seconds=3)
     first = server.enqueue_many("square", [{"x": i} for i in range(60)])
-    cfg = config_for(server, tmp_path)
+    cfg = conductor_config(server, tmp_path / "state", metrics_address="127.0.0.1:0")
     with TaskHandler([square.with_options(processes=3)], cfg, install_signal_handlers=False) as h:
         h.start_processes()
         assert server.wait_for(first, timeout=60)
         base = h.metrics_url
-        assert eventually(lambda: _sample(get(base + "/metrics")[1], "active_workers") == 3)
-        before = _sample(get(base + "/metrics")[1], "task_execute_time_seconds_count")
+        wait_until(lambda: metric_total(http_get(base + "/metrics")[1], "active_workers") == 3)
+        before = metric_total(http_get(base + "/metrics")[1], "task_execute_time_seconds_count")
         victim = h.workers_status()[0]["pid"]
         os.kill(victim, signal.SIGKILL)
-        assert eventually(lambda: h.workers_status()[0]["restarts"] == 1)
+        wait_until(lambda: h.workers_status()[0]["restarts"] == 1)
         second = server.enqueue_many("square", [{"x": i} for i in range(60)])
         assert server.wait_for(second, timeout=60)
-        assert eventually(lambda: h.workers_status()[0]["state"] == "running")
-        body = get(base + "/metrics")[1]
+        wait_until(lambda: h.workers_status()[0]["state"] == "running")
+        body = http_get(base + "/metrics")[1]
     assert before >= 60
-    assert _sample(body, "task_execute_time_seconds_count") >= before + 60
+    assert metric_total(body, "task_execute_time_seconds_count") >= before + 60
     # 3 live processes: the dead one's gauge files were removed, not summed in
-    assert _sample(body, "active_workers") == 3
-    assert _sample(body, "worker_restart_total", taskType="square") == 1
+    assert metric_total(body, "active_workers") == 3
+    assert metric_total(body, "worker_restart_total", taskType="square") == 1
 
 
 def test_readyz_flips_while_the_server_is_down_and_healthz_stays_ok(server, tmp_path):
-    cfg = config_for(server, tmp_path)
+    cfg = conductor_config(server, tmp_path / "state", metrics_address="127.0.0.1:0")
     with TaskHandler([whoami], cfg, install_signal_handlers=False) as h:
         h.start_processes()
         base = h.metrics_url
-        assert eventually(lambda: get(base + "/readyz")[0] == 200)
+        wait_until(lambda: http_get(base + "/readyz")[0] == 200)
         server.go_down("refuse")
         went_down = time.monotonic()
-        assert eventually(lambda: get(base + "/readyz")[0] == 503, timeout=30)
+        wait_until(lambda: http_get(base + "/readyz")[0] == 503, timeout=30)
         not_ready_after = time.monotonic() - went_down
-        assert get(base + "/healthz")[0] == 200
+        assert http_get(base + "/healthz")[0] == 200
         server.go_up()
-        assert eventually(lambda: get(base + "/readyz")[0] == 200, timeout=30)
+        wait_until(lambda: http_get(base + "/readyz")[0] == 200, timeout=30)
     assert not_ready_after < 15

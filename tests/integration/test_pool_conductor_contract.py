@@ -13,22 +13,13 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from helpers import conductor_config
 from pool_workers import alpha, beta, idle, whoami
 
-from taskfleet import Configuration, TaskHandler
+from taskfleet import TaskHandler
 from taskfleet.testing import ConductorTestServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
-
-
-def config_for(server: ConductorTestServer, tmp_path: Path, **changes) -> Configuration:
-    return Configuration(
-        source="conductor",
-        conductor_server_url=server.url,
-        state_dir=str(tmp_path / "state"),
-        metrics_address="off",
-        **changes,
-    ).validate()
 
 
 def polls(server: ConductorTestServer, task_type: str | None = None) -> list:
@@ -47,7 +38,7 @@ def test_two_types_two_processes_four_threads_complete_2000_tasks_each_reported_
     with ConductorTestServer() as server:
         a = server.enqueue_many("alpha", [{"x": i} for i in range(1000)])
         b = server.enqueue_many("beta", [{"x": i} for i in range(1000)])
-        cfg = config_for(server, tmp_path)
+        cfg = conductor_config(server, tmp_path / "state")
         with TaskHandler([alpha, beta], cfg, install_signal_handlers=False) as handler:
             handler.start_processes()
             assert server.wait_for(a + b, timeout=120)
@@ -67,7 +58,7 @@ def test_two_types_two_processes_four_threads_complete_2000_tasks_each_reported_
 def test_a_failing_server_is_polled_a_handful_of_times_and_work_resumes_quickly(tmp_path):
     outage = 10.0
     with ConductorTestServer() as server:
-        cfg = config_for(server, tmp_path)
+        cfg = conductor_config(server, tmp_path / "state")
         handler = TaskHandler(
             [whoami.with_options(processes=2)], cfg, install_signal_handlers=False
         )
@@ -94,7 +85,7 @@ def test_a_failing_server_is_polled_a_handful_of_times_and_work_resumes_quickly(
 
 def test_an_idle_worker_polls_at_its_poll_interval_not_faster(tmp_path):
     with ConductorTestServer() as server:
-        cfg = config_for(server, tmp_path)
+        cfg = conductor_config(server, tmp_path / "state")
         with TaskHandler([idle], cfg, install_signal_handlers=False) as handler:
             handler.start_processes()
             assert server.wait_for(lambda: len(polls(server, "idle")) >= 17, timeout=90)

@@ -7,6 +7,7 @@ import time
 import urllib.request
 
 import pytest
+from helpers import http_get, metric_total
 from nats_pool_workers import (
     native_mixed,
     native_spin,
@@ -26,19 +27,6 @@ def pool_config(nats_config: Configuration) -> Configuration:
     return nats_config.replace(metrics_address="127.0.0.1:0", kill_grace=0.5)
 
 
-def scrape(url: str) -> str:
-    with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
-        return r.read().decode()
-
-
-def total(body: str, name: str, **labels: str) -> float:
-    out = 0.0
-    for line in body.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            out += float(line.rsplit(" ", 1)[1])
-    return out
-
-
 def test_pool_on_nats_completes_every_task_and_metrics_sum_over_processes(nats_config):
     config = pool_config(nats_config)
     with (
@@ -48,13 +36,13 @@ def test_pool_on_nats_completes_every_task_and_metrics_sum_over_processes(nats_c
         h.start_processes()
         ids = client.submit_many("nats_square", [{"x": i} for i in range(300)])
         outcomes = [client.result(i, timeout=60) for i in ids]
-        body = scrape(h.metrics_url)
+        body = http_get(h.metrics_url + "/metrics")[1]
         workers = json.loads(urllib.request.urlopen(h.metrics_url + "/workers").read())["workers"]
     assert [o.status for o in outcomes] == [TaskStatus.COMPLETED] * 300
     assert [o.output["y"] for o in outcomes] == [i * i for i in range(300)]
     assert len({o.output["pid"] for o in outcomes}) == 2
     assert len(workers) == 2
-    done = total(body, "task_execute_time_seconds_count", taskType="nats_square")
+    done = metric_total(body, "task_execute_time_seconds_count", taskType="nats_square")
     assert done >= 300  # at-least-once: a redelivery could add one, never fewer
 
 
@@ -71,14 +59,14 @@ def test_a_segfault_in_native_code_costs_exactly_that_task(nats_config, native_l
         crashed = client.result(bomb, timeout=60)
         others = [client.result(i, timeout=60) for i in before + after]
         restarts = h.workers_status()[0]["restarts"]
-        body = scrape(h.metrics_url)
+        body = http_get(h.metrics_url + "/metrics")[1]
     assert crashed.status is TaskStatus.FAILED
     assert "SIGSEGV" in crashed.reason
     assert all(o.status is TaskStatus.COMPLETED for o in others)
     assert restarts >= 3  # the bomb was delivered 3 times (max_attempts=3), each killed a process
-    assert total(body, "taskfleet_dead_letters_total", taskType="native_mixed") == 1
-    assert total(body, "taskfleet_nats_redeliveries_total", taskType="native_mixed") >= 1
-    assert total(body, "worker_restart_total", taskType="native_mixed") >= 3
+    assert metric_total(body, "taskfleet_dead_letters_total", taskType="native_mixed") == 1
+    assert metric_total(body, "taskfleet_nats_redeliveries_total", taskType="native_mixed") >= 1
+    assert metric_total(body, "worker_restart_total", taskType="native_mixed") >= 3
 
 
 def test_a_native_call_that_never_returns_is_stopped_by_the_hard_time_limit(

@@ -9,7 +9,7 @@ import time
 from urllib.parse import urlsplit
 
 import pytest
-from nats_helpers import run, wait_until
+from helpers import run, wait_until
 
 from taskfleet.client import ResultTimeout, TaskClient
 from taskfleet.config import Configuration

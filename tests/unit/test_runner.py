@@ -201,3 +201,12 @@ def test_runner_stops_promptly_when_asked_while_idle():
     reason = run_inline(add, source, until=lambda: time.monotonic() > stop_at)
     assert reason == "done"
     assert time.monotonic() - started < 5
+
+
+def test_a_process_due_for_recycling_takes_no_chained_task():
+    source = MemorySource()  # hands out the next queued task with every report (chaining)
+    for i in range(5):
+        source.add("add", {"x": i, "y": 0})
+    run_inline(add, source, max_tasks=2)
+    assert len(source.results) == 2
+    assert source.queued("add") == 3

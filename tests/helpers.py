@@ -1,0 +1,139 @@
+"""Helpers shared by the integration and chaos tests: bounded runs, waiting on conditions,
+configurations for the Conductor test server, scraping the pool's endpoint, and the chaos killer.
+
+Importable as ``helpers`` from every test folder (``tests/`` is on ``sys.path`` through its
+``conftest.py``)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from taskfleet import Configuration
+
+T = TypeVar("T")
+
+
+def run(coro: Awaitable[T], timeout: float = 60.0) -> T:
+    """Run a coroutine from a sync test, bounded so a hang fails instead of blocking CI."""
+
+    async def bounded() -> T:
+        return await asyncio.wait_for(coro, timeout)
+
+    return asyncio.run(bounded())
+
+
+async def eventually(
+    condition: Callable[[], Awaitable[Any]], timeout: float = 10.0, what: str = "condition"
+) -> Any:
+    """Await ``condition()`` until it returns something truthy; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        value = await condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.2)
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    """Sync twin of :func:`eventually` for tests of the blocking TaskClient."""
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
+
+
+def conductor_config(server: Any, state: Path, **changes: Any) -> Configuration:
+    """Settings for a pool on a ``ConductorTestServer``, state under ``state``, no HTTP endpoint
+    unless ``metrics_address`` is given."""
+    values: dict[str, Any] = {"metrics_address": "off", **changes}
+    return Configuration(
+        source="conductor", conductor_server_url=server.url, state_dir=str(state), **values
+    ).validate()
+
+
+def http_get(url: str) -> tuple[int, str]:
+    """(status, body) of a GET, error statuses included."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def metric_total(body: str, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` in a text exposition whose labels include ``labels``."""
+    total = 0.0
+    for line in body.splitlines():
+        if not line.startswith((name + "{", name + " ")):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+# -- chaos -------------------------------------------------------------------------------------
+
+
+@contextmanager
+def killer(pids: Callable[[], list[int]], every: float, seed: int = 1) -> Iterator[list[int]]:
+    """Kill -9 a random live worker process every ``every`` seconds until the block ends.
+
+    Yields the list of pids killed (filled in as it goes).
+    """
+    killed: list[int] = []
+    stop = threading.Event()
+    rng = random.Random(seed)
+
+    def run() -> None:
+        while not stop.wait(every):
+            live = pids()
+            if not live:
+                continue
+            pid = rng.choice(live)
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            except ProcessLookupError:
+                pass
+
+    thread = threading.Thread(target=run, name="chaos-killer", daemon=True)
+    thread.start()
+    try:
+        yield killed
+    finally:
+        stop.set()
+        thread.join(5)
+
+
+def live_pids(handler: Any) -> list[int]:
+    return [w["pid"] for w in handler.workers_status() if w["pid"] and w["state"] == "running"]
+
+
+def report(line: str) -> None:
+    """Print a ``CHAOS`` figure line (and append it to ``$TASKFLEET_CHAOS_REPORT``)."""
+    print(f"\nCHAOS {line}", flush=True)
+    path = os.environ.get("TASKFLEET_CHAOS_REPORT")
+    if path:
+        with open(path, "a") as f:
+            f.write(f"{time.strftime('%Y-%m-%d')} {line}\n")
