@@ -339,7 +339,8 @@ class Runner:
 
     # -- tasks --------------------------------------------------------------------------------
 
-    def _start(self, tasks: Sequence[Task]) -> None:
+    def _announce(self, tasks: Sequence[Task]) -> list[Task]:
+        """Every task received (polled or chained): tell the supervisor, count it."""
         if self.options.output_subject:
             # Pipelines: the worker's output goes on as the next task unless the task names
             # its own next step.
@@ -348,9 +349,12 @@ class Runner:
                 for t in tasks
             ]
         self.control.received(tasks)
+        metrics.get().taskfleet_tasks_received.labels(self.task_type).inc(len(tasks))
+        return list(tasks)
+
+    def _start(self, tasks: Sequence[Task]) -> None:
         m = metrics.get()
-        m.taskfleet_tasks_received.labels(self.task_type).inc(len(tasks))
-        for task in tasks:
+        for task in self._announce(tasks):
             self._running[task.task_id] = asyncio.create_task(self._slot(task))
         m.taskfleet_tasks_in_flight.labels(self.task_type).set(len(self._running))
 
@@ -361,7 +365,11 @@ class Runner:
         try:
             while task is not None:
                 result = await self._execute(task)
-                chain = not self._stopping and not self.options.paused and not self._recycle_due()
+                self._stats.completed += 1
+                # Checked once per task (it may read /proc); a process about to be recycled
+                # does not take a chained task it would have to run first.
+                recycle = self._recycle_reason()
+                chain = not self._stopping and not self.options.paused and not recycle
                 self._hook("before_report", task, result)
                 error: BaseException | None = None
                 next_task: Task | None = None
@@ -372,13 +380,9 @@ class Runner:
                     log.exception("%s: reporting task %s failed", self.task_type, task.task_id)
                 self._hook("after_report", task, result, error)
                 self._settled(task.task_id)
-                self._stats.completed += 1
-                if self._recycle_due():
-                    self._stop_now(self._recycle_reason())
-                if next_task is not None:
-                    self.control.received([next_task])
-                    metrics.get().taskfleet_tasks_received.labels(self.task_type).inc()
-                task = next_task
+                if recycle:
+                    self._stop_now(recycle)
+                task = self._announce([next_task])[0] if next_task is not None else None
         finally:
             self._running.pop(first_id, None)
             metrics.get().taskfleet_tasks_in_flight.labels(self.task_type).set(len(self._running))
@@ -454,9 +458,6 @@ class Runner:
                 return result_from_exception(task, exc, self.worker_id)
 
     # -- recycling ----------------------------------------------------------------------------
-
-    def _recycle_due(self) -> bool:
-        return bool(self._recycle_reason())
 
     def _recycle_reason(self) -> str:
         if self.max_tasks and self._stats.completed >= self.max_tasks:
