@@ -10,6 +10,8 @@ import asyncio
 import os
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -90,6 +92,39 @@ def metric_total(body: str, name: str, **labels: str) -> float:
         if all(f'{k}="{v}"' in line for k, v in labels.items()):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+_POOL_SCRIPT = """
+import sys
+sys.path.insert(0, {workers_dir!r})
+from pool_workers import *  # noqa: F403
+from taskfleet import Configuration, TaskHandler
+
+if __name__ == "__main__":
+    with TaskHandler([{worker}], Configuration(**{config!r})) as handler:
+        handler.start_processes()
+        handler.join_processes()
+    print("drained", flush=True)
+"""
+
+
+@contextmanager
+def pool_process(directory: Path, worker: str, **config: Any) -> Iterator[subprocess.Popen[str]]:
+    """A pool in a process of its own (real signals, its own stderr), running ``worker`` (an
+    expression over ``tests/integration/pool_workers.py``) with ``Configuration(**config)``.
+    Killed on the way out if it is still running."""
+    script = directory / "pool_main.py"
+    workers_dir = str(Path(__file__).resolve().parent / "integration")
+    script.write_text(_POOL_SCRIPT.format(workers_dir=workers_dir, worker=worker, config=config))
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
 
 
 # -- chaos -------------------------------------------------------------------------------------

@@ -7,13 +7,10 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
-import textwrap
 import time
-from pathlib import Path
 
 import pytest
-from helpers import conductor_config, http_get, metric_total, wait_until
+from helpers import conductor_config, http_get, metric_total, pool_process, wait_until
 from pool_workers import blocker, crashy, long_lease, sleeper, square, whoami
 
 from taskfleet import TaskHandler
@@ -176,40 +173,19 @@ def test_drain_finishes_in_flight_tasks_and_hands_back_what_cannot_finish(server
     assert job.status == "FAILED" and "handed back" in job.reason
 
 
-SCRIPT = """
-import sys
-sys.path.insert(0, {tests!r})
-from pool_workers import sleeper
-from taskfleet import Configuration, TaskHandler
-
-cfg = Configuration(source="conductor", conductor_server_url={url!r}, state_dir={state!r},
-                    metrics_address="127.0.0.1:0", drain_timeout=30)
-if __name__ == "__main__":
-    with TaskHandler([sleeper.with_options(time_limit=None)], cfg) as handler:
-        handler.start_processes()
-        print("started", flush=True)
-        handler.join_processes()
-    print("drained", flush=True)
-"""
-
-
 def test_sigterm_drains_in_flight_tasks_to_completion_and_exits_zero(server, tmp_path):
     ids = server.enqueue_many("sleeper", [{"seconds": 1.5}, {"seconds": 1.5}])
-    script = tmp_path / "main.py"
-    tests_dir = str(Path(__file__).resolve().parent)
-    script.write_text(
-        textwrap.dedent(SCRIPT).format(tests=tests_dir, url=server.url, state=str(tmp_path / "s"))
-    )
-    proc = subprocess.Popen(
-        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    try:
+    config = {
+        "source": "conductor",
+        "conductor_server_url": server.url,
+        "state_dir": str(tmp_path / "s"),
+        "metrics_address": "127.0.0.1:0",
+        "drain_timeout": 30,
+    }
+    with pool_process(tmp_path, "sleeper.with_options(time_limit=None)", **config) as proc:
         wait_until(lambda: all(server.job(i).status == "IN_PROGRESS" for i in ids), timeout=30)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     assert proc.returncode == 0, err
     assert "drained" in out
     assert all(server.job(i).status == "COMPLETED" for i in ids)

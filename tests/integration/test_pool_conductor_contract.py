@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import itertools
 import signal
-import subprocess
-import sys
-import textwrap
 import time
 import urllib.parse
 from collections import Counter
-from pathlib import Path
 
 import pytest
-from helpers import conductor_config
+from helpers import conductor_config, pool_process
 from pool_workers import alpha, beta, idle, whoami
 
 from taskfleet import TaskHandler
@@ -96,45 +92,23 @@ def test_an_idle_worker_polls_at_its_poll_interval_not_faster(tmp_path):
     assert min(gaps[-3:]) >= 2.0 * 0.75
 
 
-DRAIN_SCRIPT = """
-import sys
-sys.path.insert(0, {tests!r})
-from pool_workers import drainer
-from taskfleet import Configuration, TaskHandler
-
-cfg = Configuration(source="conductor", conductor_server_url={url!r}, state_dir={state!r},
-                    metrics_address="off", drain_timeout=30)
-if __name__ == "__main__":
-    with TaskHandler([drainer], cfg) as handler:
-        handler.start_processes()
-        handler.join_processes()
-"""
-
-
 def test_sigterm_with_eight_tasks_running_reports_all_eight_completed_and_exits_zero(tmp_path):
     with ConductorTestServer() as server:
         ids = server.enqueue_many("drainer", [{"seconds": 2.0} for _ in range(8)])
-        script = tmp_path / "main.py"
-        script.write_text(
-            textwrap.dedent(DRAIN_SCRIPT).format(
-                tests=str(Path(__file__).resolve().parent),
-                url=server.url,
-                state=str(tmp_path / "state"),
-            )
-        )
-        proc = subprocess.Popen(
-            [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        try:
+        config = {
+            "source": "conductor",
+            "conductor_server_url": server.url,
+            "state_dir": str(tmp_path / "state"),
+            "metrics_address": "off",
+            "drain_timeout": 30,
+        }
+        with pool_process(tmp_path, "drainer", **config) as proc:
             assert server.wait_for(
                 lambda: all(server.job(i).status == "IN_PROGRESS" for i in ids), timeout=60
             )
             proc.send_signal(signal.SIGTERM)
             signalled = time.monotonic()
             _, err = proc.communicate(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
         assert proc.returncode == 0, err
         assert all(server.job(i).status == "COMPLETED" for i in ids)
         # polls already waiting at the signal may be answered within their timeout (1 s)
@@ -142,49 +116,27 @@ def test_sigterm_with_eight_tasks_running_reports_all_eight_completed_and_exits_
         assert late == [], "no new polls after SIGTERM"
 
 
-AUTH_SCRIPT = """
-import sys
-sys.path.insert(0, {tests!r})
-from pool_workers import whoami
-from taskfleet import Configuration, TaskHandler
-
-cfg = Configuration(source="conductor", conductor_server_url={url!r}, state_dir={state!r},
-                    metrics_address="off", conductor_auth_key="key-id",
-                    conductor_auth_secret={secret!r}, log_level="debug")
-if __name__ == "__main__":
-    with TaskHandler([whoami], cfg) as handler:
-        handler.start_processes()
-        handler.join_processes()
-"""
-
-
 def test_auth_token_is_sent_refreshed_once_when_expired_and_never_logged(tmp_path):
     # In a process of its own, so every log line of the pool (debug level) is on its stderr.
     secret = "s3cr3t-value-never-logged"
     with ConductorTestServer(auth=("key-id", secret)) as server:
         ids = server.enqueue_many("whoami", [{} for _ in range(5)])
-        script = tmp_path / "main.py"
-        script.write_text(
-            textwrap.dedent(AUTH_SCRIPT).format(
-                tests=str(Path(__file__).resolve().parent),
-                url=server.url,
-                state=str(tmp_path / "state"),
-                secret=secret,
-            )
-        )
-        proc = subprocess.Popen(
-            [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        try:
+        config = {
+            "source": "conductor",
+            "conductor_server_url": server.url,
+            "state_dir": str(tmp_path / "state"),
+            "metrics_address": "off",
+            "conductor_auth_key": "key-id",
+            "conductor_auth_secret": secret,
+            "log_level": "debug",
+        }
+        with pool_process(tmp_path, "whoami", **config) as proc:
             assert server.wait_for(ids, timeout=60)
             server.expire_tokens()
             more = server.enqueue_many("whoami", [{} for _ in range(5)])
             assert server.wait_for(more, timeout=60)
             proc.send_signal(signal.SIGTERM)
             out, err = proc.communicate(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
         tokens = Counter(r.status for r in server.requests if r.path == "/token")
         done = all(server.job(i).status == "COMPLETED" for i in ids + more)
     assert proc.returncode == 0, err
