@@ -3,7 +3,8 @@
 The public API is what this module exports; implementation modules are private by convention.
 """
 
-from .client import ResultTimeout, TaskClient, TaskOutcome
+from typing import TYPE_CHECKING
+
 from .config import Configuration
 from .context import TaskContext, add_log, get_task_context
 from .handler import TaskHandler
@@ -25,6 +26,25 @@ from .task import (
 from .worker import Worker, WorkerInterface, WorkerOptions, worker_task
 
 __version__ = "0.1.0"
+
+# The NATS client pulls in nats-py and protobuf (about 150 ms): loaded on first use, so workers
+# and Conductor-only programs do not pay for it at import.
+_LAZY = {"ResultTimeout": ".client", "TaskClient": ".client", "TaskOutcome": ".client"}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+if TYPE_CHECKING:
+    from .client import ResultTimeout, TaskClient, TaskOutcome
 
 __all__ = [
     # defining workers
