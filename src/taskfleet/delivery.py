@@ -24,10 +24,10 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from . import _json, metrics
+from . import metrics
 from .sources.base import TaskSource
 from .spool import Spool
-from .task import SourceError, Task, TaskResult
+from .task import OutputError, SourceError, Task, TaskResult
 
 __all__ = ["Delivery"]
 
@@ -123,9 +123,12 @@ class Delivery:
         raises for a transport failure: the result is either delivered, spooled, or (when the
         server rejects it permanently, e.g. an unknown task id) logged as rejected.
         """
-        metrics.get().task_result_size_bytes.labels(task.task_type).observe(
-            len(_json.dumps(result.output_data))
-        )
+        try:
+            size = len(result.output_json())
+        except OutputError:
+            pass  # the source turns it into a failure naming the value
+        else:
+            metrics.get().task_result_size_bytes.labels(task.task_type).observe(size)
         try:
             return await self._report_with_retries(task, result, chain)
         except SourceError as exc:

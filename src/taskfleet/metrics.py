@@ -147,8 +147,34 @@ DEFINITIONS: tuple[_Def, ...] = (
 METRIC_NAMES: frozenset[str] = frozenset(d.name for d in DEFINITIONS)
 
 
+class Family:
+    """A metric with its labelled children cached: ``labels()`` on the hot path is a dict hit.
+
+    ``prometheus_client``'s own ``labels()`` validates the values and takes a lock on every
+    call; the runner asks for the same few children for every task. Anything else is passed
+    to the wrapped metric.
+    """
+
+    __slots__ = ("_children", "metric")
+
+    def __init__(self, metric: Any) -> None:
+        self.metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def labels(self, *values: str) -> Any:
+        try:
+            return self._children[values]
+        except KeyError:
+            child = self._children[values] = self.metric.labels(*values)
+            return child
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.metric, name)
+
+
 class Metrics:
-    """The metric objects of one process, as attributes named after the metrics."""
+    """The metric objects of one process, as attributes named after the metrics (each a
+    :class:`Family`)."""
 
     def __init__(self, registry: Any = None) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -170,7 +196,7 @@ class Metrics:
                 metric = Histogram(
                     d.name, d.help, d.labels, registry=self.registry, buckets=d.buckets
                 )
-            setattr(self, attr, metric)
+            setattr(self, attr, Family(metric))
 
     def __getattr__(self, name: str) -> Any:  # for type checkers: attributes set dynamically
         raise AttributeError(name)
@@ -178,6 +204,21 @@ class Metrics:
 
 _lock = threading.Lock()
 _metrics: Metrics | None = None
+# prometheus_client asks for the pid on every write to notice forks; a system call each time
+# (several per task). Cached here, and refreshed in a forked child before anything else runs.
+_pid = os.getpid()
+
+
+def _process_id() -> int:
+    return _pid
+
+
+def _after_fork() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 _multiproc_dir: str | None = None
 
 
@@ -191,7 +232,7 @@ def setup(multiproc_dir: str | None) -> None:
         if multiproc_dir:
             os.makedirs(multiproc_dir, exist_ok=True)
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = multiproc_dir
-            values.ValueClass = values.MultiProcessValue()
+            values.ValueClass = values.MultiProcessValue(_process_id)
         elif _multiproc_dir:
             # Back to in-process values (a pool in this process stopped and removed its files).
             os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)

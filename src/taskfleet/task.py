@@ -259,6 +259,25 @@ class TaskResult:
     #: Name of the exception class that failed the task (for metrics; never its message).
     exception: str | None = None
 
+    def output_json(self) -> bytes:
+        """``output_data`` as compact UTF-8 JSON, the bytes that go on the wire.
+
+        Encoded once and cached; assigning a new ``output_data`` encodes again. (Changing the
+        dict in place after the result was handed back is not supported: hooks observe
+        results, they do not change them.)
+
+        Raises:
+            OutputError: the output is not JSON-serialisable (naming the offending value).
+        """
+        # Cached in the instance dict, not a field: it stays out of asdict(), replace() and
+        # comparisons. (output_data object, its JSON)
+        cached = self.__dict__.get("_output_json")
+        if cached is not None and cached[0] is self.output_data:
+            return cached[1]
+        data = _encode(self.output_data)
+        self.__dict__["_output_json"] = (self.output_data, data)
+        return data
+
     def add_output_data(self, key: str, value: Any) -> None:
         self.output_data[key] = value
 
@@ -280,6 +299,15 @@ class TaskResult:
         if self.reason_for_incompletion is not None:
             body["reasonForIncompletion"] = self.reason_for_incompletion
         return body
+
+
+def _encode(obj: Any) -> bytes:
+    """``_json.dumps``, bound on first use (``_json`` imports this module)."""
+    global _encode
+    from ._json import dumps
+
+    _encode = dumps
+    return dumps(obj)
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from . import _json
 from .task import (
     ConfigurationError,
     InputError,
@@ -592,7 +591,7 @@ def to_result(task: Task, value: Any, worker_id: str) -> TaskResult:
         result.callback_after_seconds = value.callback_after_seconds
     else:
         result = task.result(TaskStatus.COMPLETED, normalise_output(value), worker_id=worker_id)
-    _json.dumps(result.output_data)  # raises OutputError naming the offending value
+    result.output_json()  # raises OutputError naming the offending value; kept for the wire
     return result
 
 

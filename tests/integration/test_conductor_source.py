@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import time
+import uuid
 from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
 
@@ -144,6 +146,32 @@ def test_report_without_chain_uses_post_tasks_and_hands_out_nothing(server, sour
     assert server.job(first).status == "COMPLETED" and server.job(first).output == {"y": 1}
     assert server.job(second).status == "SCHEDULED"
     assert server.request_count("/tasks/update-v2") == 0
+
+
+def test_output_with_dates_and_uuids_is_delivered_as_json(server, source):
+    # requests' own encoder knows neither; the result used to raise out of report() and the
+    # task waited for the server's response timeout.
+    (task_id,) = server.enqueue_many("t", [{}])
+    (task,) = call(source, lambda s: s.poll(request()))
+    when = datetime.datetime(2026, 11, 23, 12, 0, tzinfo=datetime.timezone.utc)
+    ident = uuid.UUID(int=7)
+
+    call(source, lambda s: s.report(task, task.result(output_data={"at": when, "id": ident})))
+
+    job = server.job(task_id)
+    assert job.status == "COMPLETED"
+    assert job.output == {"at": "2026-11-23T12:00:00+00:00", "id": str(ident)}
+
+
+def test_output_that_is_not_json_fails_the_task_naming_the_value(server, source):
+    (task_id,) = server.enqueue_many("t", [{}])
+    (task,) = call(source, lambda s: s.poll(request()))
+
+    call(source, lambda s: s.report(task, task.result(output_data={"bad": object()})))
+
+    job = server.job(task_id)
+    assert job.status == "FAILED_WITH_TERMINAL_ERROR"
+    assert "output.bad" in (job.reason or "")
 
 
 def test_report_with_chain_returns_the_next_task_from_update_v2(server, source):

@@ -19,14 +19,15 @@ import logging
 import threading
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import requests
 from requests.adapters import HTTPAdapter
 
+from .. import _json
+from .._threads import LoopThreads
 from ..config import Configuration, redact_url
-from ..task import SourceError, Task, TaskResult, TaskStatus
+from ..task import OutputError, SourceError, Task, TaskResult, TaskStatus
 from .base import PollRequest, TaskSource
 
 __all__ = ["ConductorSource", "task_from_wire"]
@@ -100,7 +101,7 @@ class ConductorSource(TaskSource):
         self._connect_timeout = config.http_connect_timeout
         self._read_timeout = config.http_read_timeout
         self._max_workers = max(1, max_workers)
-        self._executor: ThreadPoolExecutor | None = None
+        self._threads: LoopThreads | None = None
         self._closed = False
         self._local = threading.local()
         self._sessions: list[requests.Session] = []
@@ -116,34 +117,32 @@ class ConductorSource(TaskSource):
 
     async def start(self) -> None:
         """Create the thread pool. No request is made: the first call fetches a token if needed."""
-        self._ensure_executor()
+        self._ensure_threads()
 
     async def close(self) -> None:
         """Stop the thread pool and close every session. Safe to call twice."""
         with self._lock:
             self._closed = True
-            executor, self._executor = self._executor, None
+            threads, self._threads = self._threads, None
             sessions, self._sessions = self._sessions, []
-        if executor is not None:
+        if threads is not None:
             # A long poll may still be waiting: do not block the event loop on it.
-            executor.shutdown(wait=False, cancel_futures=True)
+            threads.shutdown()
         for session in sessions:
             session.close()
 
-    def _ensure_executor(self) -> ThreadPoolExecutor:
+    def _ensure_threads(self) -> LoopThreads:
         with self._lock:
             if self._closed:
                 raise SourceError("the Conductor source is closed", retryable=False)
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(
-                    max_workers=self._max_workers, thread_name_prefix="taskfleet-conductor"
-                )
-            return self._executor
+            if self._threads is None:
+                self._threads = LoopThreads(self._max_workers, "taskfleet-conductor")
+            return self._threads
 
     async def _run(self, fn: Callable[[], T]) -> T:
-        executor = self._ensure_executor()
+        threads = self._ensure_threads()
         try:
-            future = asyncio.get_running_loop().run_in_executor(executor, fn)
+            future = threads.run(fn)
         except RuntimeError:  # close() shut the pool down between the check and the submit
             raise SourceError("the Conductor source is closed", retryable=False) from None
         return await future
@@ -191,7 +190,7 @@ class ConductorSource(TaskSource):
 
         def call() -> Task | None:
             if chain and self._base not in _LEGACY_SERVERS:
-                resp = self._request("POST", "/tasks/update-v2", json=body, ok=(404, 405))
+                resp = self._request("POST", "/tasks/update-v2", body=body, ok=(404, 405))
                 if resp.status_code not in (404, 405):
                     if resp.status_code == 204 or not resp.content:
                         return None
@@ -205,12 +204,12 @@ class ConductorSource(TaskSource):
                         return None
                 # 404 also means "unknown task": only a successful POST /tasks proves the
                 # server merely lacks update-v2, so only then is the fallback remembered.
-                self._request("POST", "/tasks", json=body)
+                self._request("POST", "/tasks", body=body)
                 with _LEGACY_LOCK:
                     _LEGACY_SERVERS.add(self._base)
                 log.info("%s has no update-v2; using POST /tasks from now on", self._shown_base)
                 return None
-            self._request("POST", "/tasks", json=body)
+            self._request("POST", "/tasks", body=body)
             return None
 
         return await self._run(call)
@@ -258,14 +257,33 @@ class ConductorSource(TaskSource):
         return await self._run(call)
 
     @staticmethod
-    def _result_body(task: Task, result: TaskResult) -> dict[str, Any]:
+    def _result_body(task: Task, result: TaskResult) -> bytes:
+        """The TaskResult JSON, encoded here with taskfleet's encoder (dates, UUIDs, sets and
+        dataclasses in the output are fine) and the output spliced in as already encoded.
+
+        Output that cannot be encoded makes the result a terminal failure naming the value,
+        instead of an exception that would leave the task to the response timeout.
+        """
+        try:
+            output = result.output_json()
+        except OutputError as exc:
+            output = b"{}"
+            result = TaskResult(
+                task_id=result.task_id,
+                workflow_instance_id=result.workflow_instance_id,
+                worker_id=result.worker_id,
+                status=TaskStatus.FAILED_WITH_TERMINAL_ERROR,
+                reason_for_incompletion=str(exc),
+                logs=list(result.logs),
+            )
         body = result.to_wire()
+        del body["outputData"]
         # The server rejects an empty workflowInstanceId (400); the task always knows it.
         if not body["workflowInstanceId"]:
             body["workflowInstanceId"] = task.workflow_instance_id
         if not body["workerId"] and task.raw.get("workerId"):
             body["workerId"] = task.raw["workerId"]
-        return body
+        return _json.dumps(body)[:-1] + b',"outputData":' + output + b"}"
 
     # -- HTTP ---------------------------------------------------------------------------------
 
@@ -299,16 +317,22 @@ class ConductorSource(TaskSource):
         *,
         params: Mapping[str, Any] | None = None,
         json: Any = None,
+        body: bytes | None = None,
         wait: float = 0.0,
         ok: tuple[int, ...] = (),
     ) -> requests.Response:
         """One call, with the protocol's single token refresh. Returns a 2xx response (or one
-        whose status is in ``ok``); raises SourceError for anything else."""
+        whose status is in ``ok``); raises SourceError for anything else.
+
+        ``body``: a JSON body already encoded (sent as is, ``Content-Type: application/json``).
+        """
         token = self._current_token()
-        resp = self._send(method, path, params=params, json=json, wait=wait, token=token)
+        resp = self._send(method, path, params=params, json=json, body=body, wait=wait, token=token)
         if resp.status_code == 401 and token is not None and _error_code(resp) in _REFRESHABLE:
             token = self._refresh_token(stale=token)
-            resp = self._send(method, path, params=params, json=json, wait=wait, token=token)
+            resp = self._send(
+                method, path, params=params, json=json, body=body, wait=wait, token=token
+            )
         if resp.status_code < 300 or resp.status_code in ok:
             return resp
         raise self._http_error(method, path, resp)
@@ -322,14 +346,18 @@ class ConductorSource(TaskSource):
         json: Any,
         wait: float,
         token: str | None,
+        body: bytes | None = None,
     ) -> requests.Response:
         headers = {"X-Authorization": token} if token else {}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
         try:
             return self._session().request(
                 method,
                 self._base + path,
                 params=params,
                 json=json,
+                data=body,
                 headers=headers,
                 # The long-poll wait is the server's to spend; the read timeout comes on top.
                 timeout=(self._connect_timeout, self._read_timeout + wait),

@@ -37,6 +37,7 @@ __all__ = [
     "encode_result",
     "encode_task",
     "parse_handle",
+    "parse_task",
     "task_from_message",
     "task_id_of",
 ]
@@ -180,23 +181,33 @@ def decode_task(data: bytes) -> task_pb2.Task:
     Raises:
         DecodeError: not a Task protobuf, no id, or input that is not a JSON object.
     """
+    return parse_task(data)[0]
+
+
+def parse_task(data: bytes) -> tuple[task_pb2.Task, dict[str, Any]]:
+    """Parse a task message and its JSON input (decoded once, for :func:`task_from_message`).
+
+    Raises:
+        DecodeError: as :func:`decode_task`.
+    """
     try:
         message = task_pb2.Task.FromString(data)
     except Exception as exc:  # protobuf raises DecodeError, but upb may raise others
         raise DecodeError(f"not a taskfleet.v1.Task protobuf: {exc}", data[:256], exc) from None
     if not message.id:
         raise DecodeError("task message has no id", data[:256])
-    if message.input:
-        try:
-            value = _json.loads(message.input)
-        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-            # RecursionError: JSON nested deeper than the parser's stack allows.
-            raise DecodeError(f"task input is not JSON: {exc}", data[:256], exc) from None
-        if not isinstance(value, dict):
-            raise DecodeError(
-                f"task input must be a JSON object, got {type(value).__name__}", data[:256]
-            )
-    return message
+    if not message.input:
+        return message, {}
+    try:
+        value = _json.loads(message.input)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        # RecursionError: JSON nested deeper than the parser's stack allows.
+        raise DecodeError(f"task input is not JSON: {exc}", data[:256], exc) from None
+    if not isinstance(value, dict):
+        raise DecodeError(
+            f"task input must be a JSON object, got {type(value).__name__}", data[:256]
+        )
+    return message, value
 
 
 def task_id_of(data: bytes) -> str:
@@ -208,10 +219,20 @@ def task_id_of(data: bytes) -> str:
 
 
 def task_from_message(
-    message: task_pb2.Task, *, task_type: str, handle: str, attempt: int, raw: Mapping[str, Any]
+    message: task_pb2.Task,
+    *,
+    task_type: str,
+    handle: str,
+    attempt: int,
+    raw: Mapping[str, Any],
+    input_data: dict[str, Any] | None = None,
 ) -> Task:
-    """Build the model's Task; the delivery count (``attempt``) wins over the wire field."""
-    input_data = _json.loads(message.input) if message.input else {}
+    """Build the model's Task; the delivery count (``attempt``) wins over the wire field.
+
+    ``input_data``: the input already decoded by :func:`parse_task` (else decoded here).
+    """
+    if input_data is None:
+        input_data = _json.loads(message.input) if message.input else {}
     return Task(
         task_id=message.id,
         task_type=message.type or task_type,
@@ -249,7 +270,7 @@ def encode_result(
     final_status = status or result.status
     final_reason = reason if reason is not None else (result.reason_for_incompletion or "")
     try:
-        output = _json.dumps(result.output_data)
+        output = result.output_json()
     except OutputError as exc:
         output = b"{}"
         final_status = TaskStatus.FAILED_WITH_TERMINAL_ERROR
