@@ -1,9 +1,9 @@
 """The control channel between a worker process and its supervisor.
 
 Each child owns one end of a ``multiprocessing`` pipe. It reports what the supervisor needs to
-keep its promises when the child cannot: a heartbeat from its loop, the tasks it holds (so a crash
-or a hard time limit can be reported at once, and leases extended without the child's help), and
-when those tasks are settled. The supervisor sends one instruction: stop (drain).
+keep its promises when the child cannot: a heartbeat from its loop, and the tasks it holds that
+do not fit its in-flight ledger (``ledger.py``; normally every task goes there, not here) and
+when those are settled. The supervisor sends one instruction: stop (drain).
 
 Messages are small tuples; a batch of received tasks travels as one message. Every send happens
 on the child's event-loop thread, so no lock is needed on the child side.
@@ -11,7 +11,9 @@ on the child's event-loop thread, so no lock is needed on the child side.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import operator
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -21,19 +23,34 @@ from typing import Any
 
 from .task import Task
 
-__all__ = ["ChildStatus", "ControlClient"]
+__all__ = ["ChildStatus", "ControlClient", "pack_task", "unpack_task"]
 
 log = logging.getLogger("taskfleet.control")
 
 # child -> supervisor
 HELLO = "hello"  # (HELLO, pid, slots)
 HEARTBEAT = "hb"  # (HEARTBEAT, ChildStatus)
-RECEIVED = "recv"  # (RECEIVED, [slim Task, ...])
+RECEIVED = "recv"  # (RECEIVED, [pack_task(task), ...])
 SETTLED = "done"  # (SETTLED, [task_id, ...])
 SPOOLED = "spool"  # (SPOOLED, task_type, count written)
 LEAVING = "bye"  # (LEAVING, reason): a clean, intended exit (drained, recycled, parent gone)
 # supervisor -> child
 STOP = "stop"
+
+
+# A received task crosses the pipe as a plain tuple of its fields without the payload
+# (``input_data``, ``raw``): pickling a dataclass per task cost more than the rest of the
+# channel put together.
+_FIELDS = [f.name for f in dataclasses.fields(Task)]
+assert _FIELDS[2] == "input_data" and _FIELDS[-1] == "raw", _FIELDS
+pack_task: Callable[[Task], tuple[Any, ...]] = operator.attrgetter(
+    *(name for name in _FIELDS if name not in ("input_data", "raw"))
+)
+
+
+def unpack_task(packed: Sequence[Any]) -> Task:
+    """The slim :class:`Task` (no ``input_data``, no ``raw``) that :func:`pack_task` packed."""
+    return Task(packed[0], packed[1], {}, *packed[2:])
 
 
 @dataclass(frozen=True)
@@ -77,7 +94,7 @@ class ControlClient:
 
     def received(self, tasks: Sequence[Task]) -> None:
         if tasks and not self._broken:
-            self._send((RECEIVED, [t.slim() for t in tasks]))
+            self._send((RECEIVED, [pack_task(t) for t in tasks]))
 
     def settled(self, task_ids: Sequence[str]) -> None:
         if task_ids:

@@ -1,7 +1,8 @@
 """``TaskHandler``: the supervisor of a pool of worker processes.
 
 It starts one process per worker definition (``processes=N`` for more), and keeps the design's
-promises on their behalf, because it knows what each of them is doing (the control channel):
+promises on their behalf, because it knows what each of them is doing (the in-flight ledger
+each process writes, ``ledger.py``, and the control channel's heartbeats):
 
 - a process that dies (segfault in a ``.so``, ``os._exit``, OOM kill, kill -9) has its in-flight
   tasks reported FAILED at once, naming the signal, and is restarted with backoff;
@@ -38,7 +39,18 @@ from typing import Any
 from . import metrics
 from .agent import SourceAgent
 from .config import Configuration
-from .control import HEARTBEAT, HELLO, LEAVING, RECEIVED, SETTLED, SPOOLED, STOP, ChildStatus
+from .control import (
+    HEARTBEAT,
+    HELLO,
+    LEAVING,
+    RECEIVED,
+    SETTLED,
+    SPOOLED,
+    STOP,
+    ChildStatus,
+    unpack_task,
+)
+from .ledger import Ledger, ledger_dir
 from .runner import EXIT_START_FAILED, ChildRecipe, child_main, source_key
 from .sources import create_source
 from .sources.base import WorkerBinding
@@ -98,6 +110,9 @@ class Child:
     kill_reason: str = ""  # why the supervisor is killing it (time limit, wedged, drain)
     sigkill_at: float | None = None
     timed_out: set[str] = field(default_factory=set)
+    #: the process's in-flight ledger, and what was last read from each of its records
+    ledger: Ledger | None = None
+    ledger_view: dict[int, tuple[int, str]] = field(default_factory=dict)
 
     @property
     def task_type(self) -> str:
@@ -208,6 +223,8 @@ class TaskHandler:
         self._agent: SourceAgent | None = None
         self._spool: Spool | None = None
         self._metrics_dir: str | None = None
+        self._ledger_dir: str | None = None
+        self._spawns = 0
         self._child_config = self.config
         self._embedded: Any = None
         self._http: Any = None
@@ -255,6 +272,7 @@ class TaskHandler:
             self._check_picklable()
             self._metrics_dir = tempfile.mkdtemp(prefix="taskfleet-metrics-")
             metrics.setup(self._metrics_dir)
+            self._ledger_dir = tempfile.mkdtemp(prefix="taskfleet-ledger-", dir=ledger_dir())
             self._start_source()
             self._start_http()
             now = time.monotonic()
@@ -422,6 +440,13 @@ class TaskHandler:
 
     def _spawn(self, child: Child, now: float) -> None:
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
+        assert self._ledger_dir is not None
+        self._spawns += 1
+        # A new file per process: a replacement never sees its predecessor's records.
+        child.ledger = Ledger.create(
+            os.path.join(self._ledger_dir, f"{self._spawns}.ledger"), child.options.threads
+        )
+        child.ledger_view = {}
         recipe = ChildRecipe(
             child.worker,
             child.options,
@@ -430,6 +455,7 @@ class TaskHandler:
             self._metrics_dir,
             child_conn,
             self.hooks,
+            child.ledger.path,
         )
         process = self._ctx.Process(  # type: ignore[attr-defined]
             target=child_main, args=(recipe,), name=f"taskfleet {child.name}", daemon=False
@@ -463,6 +489,8 @@ class TaskHandler:
                 for obj in ready:
                     if isinstance(obj, Connection):
                         self._read(obj)
+                for child in self._children:
+                    self._sync_ledger(child)
                 now = time.monotonic()
                 for child in self._children:
                     gone = child.process is not None and not child.process.is_alive()
@@ -510,16 +538,8 @@ class TaskHandler:
         child.last_heartbeat = now
         with self._lock:
             if kind == RECEIVED:
-                opts = child.options
-                # An async handler's own (soft) limit fires first and fails just that task; the
-                # hard kill is the backstop for a handler that blocks the event loop.
-                grace = self.config.kill_grace + 1.0 if child.worker.is_async else 0.0
-                for task in message[1]:
-                    deadline = now + opts.time_limit + grace if opts.time_limit else None
-                    every = self._lease_interval(opts, task)
-                    child.in_flight[task.task_id] = InFlight(
-                        task, now, deadline, every, now + every if every else None
-                    )
+                for packed in message[1]:
+                    self._track(child, unpack_task(packed), now)
             elif kind == SETTLED:
                 for task_id in message[1]:
                     child.in_flight.pop(task_id, None)
@@ -544,6 +564,61 @@ class TaskHandler:
                 child.leaving = str(message[1])
             elif kind == SPOOLED:
                 pass  # counted by the child's own metrics
+
+    def _track(self, child: Child, task: Task, started: float) -> None:
+        """Hold ``task`` as in flight in ``child`` since ``started`` (monotonic); under the lock."""
+        opts = child.options
+        # An async handler's own (soft) limit fires first and fails just that task; the hard
+        # kill is the backstop for a handler that blocks the event loop.
+        grace = self.config.kill_grace + 1.0 if child.worker.is_async else 0.0
+        deadline = started + opts.time_limit + grace if opts.time_limit else None
+        every = self._lease_interval(opts, task)
+        child.in_flight[task.task_id] = InFlight(
+            task, started, deadline, every, started + every if every else None
+        )
+
+    def _sync_ledger(self, child: Child) -> None:
+        """Bring ``child.in_flight`` up to date with the process's ledger (see ``ledger.py``).
+
+        Only records whose sequence number changed since the last read are decoded; a record
+        being written right now keeps what was known of it.
+        """
+        ledger = child.ledger
+        if ledger is None:
+            return
+        records = ledger.read()
+        with self._lock:
+            view = child.ledger_view
+            for index, record in enumerate(records):
+                if record is None:
+                    continue
+                seq, started, payload = record
+                known = view.get(index)
+                if known is not None and known[0] == seq:
+                    continue
+                if seq >= 4:
+                    # A record is written twice per task (held, then cleared once reported):
+                    # past 4, this process has reported work, so a later death is not a crash
+                    # loop (the pipe's "settled" message said the same).
+                    child.crashes_in_a_row = 0
+                if known is not None and known[1]:
+                    child.in_flight.pop(known[1], None)  # settled (or replaced by a chained task)
+                task_id = ""
+                if payload:
+                    try:
+                        task = unpack_task(pickle.loads(payload))
+                    except Exception:  # torn despite the sequence check: read it next tick
+                        view.pop(index, None)
+                        continue
+                    self._track(child, task, started)
+                    task_id = task.task_id
+                view[index] = (seq, task_id)
+
+    def _drop_ledger(self, child: Child) -> None:
+        if child.ledger is not None:
+            child.ledger.close(remove=True)
+            child.ledger = None
+        child.ledger_view = {}
 
     def _lease_interval(self, opts: WorkerOptions, task: Task) -> float | None:
         if opts.lease_extend is False:
@@ -585,6 +660,8 @@ class TaskHandler:
         child.last_exit = reason
         child.process = None  # handled: the monitor must not see this death twice
         metrics.mark_process_dead(child.pid)
+        self._sync_ledger(child)  # its last writes: every task it held when it died
+        self._drop_ledger(child)
         self._report_lost(child, reason)
         if self._stopping:
             child.state = State.STOPPED
@@ -783,6 +860,11 @@ class TaskHandler:
         if self._embedded is not None:
             self._embedded.release()
             self._embedded = None
+        for child in self._children:
+            self._drop_ledger(child)
+        if self._ledger_dir:
+            shutil.rmtree(self._ledger_dir, ignore_errors=True)
+            self._ledger_dir = None
         if self._metrics_dir:
             metrics.setup(None)
             shutil.rmtree(self._metrics_dir, ignore_errors=True)

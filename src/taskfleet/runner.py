@@ -12,7 +12,8 @@ handlers run on the loop, at most ``threads`` at a time. Poll, execute and repor
 - **report** goes through :class:`~taskfleet.delivery.Delivery` (retries, then the spool); a
   chained next task from the server runs in the freed slot without a poll.
 
-The supervisor is told about every task received and settled (the control channel), so it can
+The supervisor knows every task this process holds — each slot's record in the in-flight ledger
+(``ledger.py``) is written before its task starts and cleared once it is reported — so it can
 report them if this process dies, and extend their leases while the handler holds the GIL.
 """
 
@@ -28,17 +29,18 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from typing import Any
 
 from . import metrics
+from ._threads import LoopThreads
 from .config import Configuration
 from .context import TaskContext, task_context
-from .control import ChildStatus, ControlClient
+from .control import ChildStatus, ControlClient, pack_task
 from .delivery import Delivery
 from .hooks import call_hooks
+from .ledger import Ledger
 from .sources.base import PollRequest, TaskSource
 from .spool import Spool
 from .task import ConfigurationError, SourceError, Task, TaskResult, TaskStatus
@@ -100,6 +102,8 @@ class Runner:
         spool: the durable result spool (None: results that cannot be delivered are lost).
         control: the channel to the supervisor (a disconnected client when run alone).
         hooks: objects with optional ``before_``/``after_`` poll, execute and report methods.
+        ledger: where the supervisor reads which tasks this process holds (None: the tasks
+            are announced over ``control``; see ``ledger.py``).
     """
 
     def __init__(
@@ -112,6 +116,7 @@ class Runner:
         control: ControlClient | None = None,
         hooks: Sequence[Any] = (),
         max_tasks: int = 0,
+        ledger: Ledger | None = None,
     ) -> None:
         self.worker = worker
         self.options = options or worker.options
@@ -130,10 +135,14 @@ class Runner:
         self._stopping = False
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._threads: LoopThreads | None = None
         self._delivery: Delivery | None = None
         self._polling = False
         self._settled_ids: list[str] = []
+        self._ledger = ledger if ledger is not None and ledger.slots >= self.slots else None
+        self._free_records = list(range(self.slots - 1, -1, -1))
+        #: tasks announced over the pipe (no ledger, or too big for a record)
+        self._piped: set[str] = set()
 
     # -- control ------------------------------------------------------------------------------
 
@@ -181,9 +190,7 @@ class Runner:
         m.active_workers.labels(self.task_type).set(1)
         m.taskfleet_worker_slots.labels(self.task_type).set(self.slots)
         if not self.worker.is_async:
-            self._executor = ThreadPoolExecutor(
-                self.slots, thread_name_prefix=f"tf-{self.task_type}"
-            )
+            self._threads = LoopThreads(self.slots, f"tf-{self.task_type}")
         await self.source.start()
         self._delivery = Delivery(self.source, self.spool, on_spooled=self.control.spooled)
         self.control.hello(self.slots)
@@ -197,8 +204,8 @@ class Runner:
         finally:
             heartbeat.cancel()
             self._send_heartbeat()
-            if self._executor is not None:
-                self._executor.shutdown(wait=False, cancel_futures=True)
+            if self._threads is not None:
+                self._threads.shutdown()
             await self.source.close()
             m.active_workers.labels(self.task_type).set(0)
             m.taskfleet_worker_slots.labels(self.task_type).set(0)
@@ -255,10 +262,7 @@ class Runner:
                 continue
             elapsed = time.monotonic() - started
             m.task_poll_time_seconds.labels(self.task_type, "ok").observe(elapsed)
-            self._stats.last_poll_ok = time.time()
-            m.taskfleet_last_poll_success_timestamp_seconds.labels(self.task_type).set(
-                self._stats.last_poll_ok
-            )
+            self._stats.last_poll_ok = time.time()  # exported by the heartbeat
             if errors.failures:
                 log.info(
                     "%s: polling again after %d failed poll(s)", self.task_type, errors.failures
@@ -303,7 +307,12 @@ class Runner:
                 self._stop_now("supervisor gone")
             await asyncio.sleep(HEARTBEAT_INTERVAL)
 
-    def _settled(self, task_id: str) -> None:
+    def _settled(self, task_id: str, record: int) -> None:
+        if task_id not in self._piped:
+            if self._ledger is not None and record >= 0:
+                self._ledger.clear(record)
+            return
+        self._piped.discard(task_id)
         # Coalesced: one control message per loop iteration, not one per task. A death before
         # the flush only makes the supervisor re-report a settled task, which servers ignore.
         if not self.control.connected:
@@ -319,6 +328,14 @@ class Runner:
 
     def _send_heartbeat(self) -> None:
         self._flush_settled()
+        # Gauges that change with every task are exported once a beat, not per task: each
+        # write is a locked mmap update in multiprocess mode, and scrapes are seconds apart.
+        m = metrics.get()
+        m.taskfleet_tasks_in_flight.labels(self.task_type).set(len(self._running))
+        if self._stats.last_poll_ok:
+            m.taskfleet_last_poll_success_timestamp_seconds.labels(self.task_type).set(
+                self._stats.last_poll_ok
+            )
         self.control.heartbeat(
             ChildStatus(
                 in_flight=len(self._running),
@@ -339,8 +356,12 @@ class Runner:
 
     # -- tasks --------------------------------------------------------------------------------
 
-    def _announce(self, tasks: Sequence[Task]) -> list[Task]:
-        """Every task received (polled or chained): tell the supervisor, count it."""
+    def _announce(self, tasks: Sequence[Task], records: Sequence[int]) -> list[Task]:
+        """Every task received (polled or chained): tell the supervisor, count it.
+
+        ``records[i]`` is the ledger record of the slot that will run ``tasks[i]``. This
+        happens before any of them starts, so a crash in a handler always finds its task known.
+        """
         if self.options.output_subject:
             # Pipelines: the worker's output goes on as the next task unless the task names
             # its own next step.
@@ -348,18 +369,26 @@ class Runner:
                 t if t.output_subject else replace(t, output_subject=self.options.output_subject)
                 for t in tasks
             ]
-        self.control.received(tasks)
+        ledger = self._ledger
+        piped: list[Task] = []
+        now = time.monotonic()
+        for task, record in zip(tasks, records, strict=True):
+            if ledger is None or record < 0 or not ledger.put(record, pack_task(task), now):
+                piped.append(task)
+        if piped and self.control.connected:
+            self._piped.update(t.task_id for t in piped)
+            self.control.received(piped)
         metrics.get().taskfleet_tasks_received.labels(self.task_type).inc(len(tasks))
         return list(tasks)
 
     def _start(self, tasks: Sequence[Task]) -> None:
-        m = metrics.get()
-        for task in self._announce(tasks):
-            self._running[task.task_id] = asyncio.create_task(self._slot(task))
-        m.taskfleet_tasks_in_flight.labels(self.task_type).set(len(self._running))
+        # -1: no record left (a source that returned more tasks than asked): use the pipe.
+        records = [self._free_records.pop() if self._free_records else -1 for _ in tasks]
+        for task, record in zip(self._announce(tasks, records), records, strict=True):
+            self._running[task.task_id] = asyncio.create_task(self._slot(task, record))
 
-    async def _slot(self, task: Task | None) -> None:
-        """Run a task, report it, and run chained tasks in the same slot."""
+    async def _slot(self, task: Task | None, record: int) -> None:
+        """Run a task, report it, and run chained tasks in the same slot (ledger ``record``)."""
         assert self._delivery is not None
         first_id = task.task_id if task else ""
         try:
@@ -379,13 +408,14 @@ class Runner:
                     error = exc
                     log.exception("%s: reporting task %s failed", self.task_type, task.task_id)
                 self._hook("after_report", task, result, error)
-                self._settled(task.task_id)
+                self._settled(task.task_id, record)
                 if recycle:
                     self._stop_now(recycle)
-                task = self._announce([next_task])[0] if next_task is not None else None
+                task = self._announce([next_task], [record])[0] if next_task is not None else None
         finally:
             self._running.pop(first_id, None)
-            metrics.get().taskfleet_tasks_in_flight.labels(self.task_type).set(len(self._running))
+            if record >= 0:
+                self._free_records.append(record)
             if self._wake is not None:
                 self._wake.set()
 
@@ -410,11 +440,9 @@ class Runner:
                 else:
                     result = await coro
             else:
-                assert self._loop is not None
+                assert self._threads is not None
                 call = contextvars.copy_context().run
-                result = await self._loop.run_in_executor(
-                    self._executor, call, self._call_sync, task, ctx
-                )
+                result = await self._threads.run(call, self._call_sync, task, ctx)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
@@ -497,6 +525,8 @@ class ChildRecipe:
     metrics_dir: str | None
     conn: Connection | None
     hooks: tuple[Any, ...] = ()
+    #: the in-flight ledger file the supervisor created for this process (None: use the pipe)
+    ledger_path: str | None = None
 
 
 def child_main(recipe: ChildRecipe) -> None:
@@ -518,6 +548,7 @@ def child_main(recipe: ChildRecipe) -> None:
         log.error("%s: cannot start: %s", recipe.worker.task_type, exc)
         control.leaving(f"start failed: {exc}")
         sys.exit(EXIT_START_FAILED)
+    ledger = Ledger(recipe.ledger_path, recipe.options.threads) if recipe.ledger_path else None
     runner = Runner(
         recipe.worker,
         source,
@@ -525,6 +556,7 @@ def child_main(recipe: ChildRecipe) -> None:
         spool=spool,
         control=control,
         hooks=recipe.hooks,
+        ledger=ledger,
     )
     signal.signal(signal.SIGTERM, lambda *_: runner.request_stop("SIGTERM"))
     control.listen(runner.request_stop)
