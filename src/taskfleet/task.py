@@ -278,6 +278,19 @@ class TaskResult:
         self.__dict__["_output_json"] = (self.output_data, data)
         return data
 
+    def without_output(self, reason: str) -> TaskResult:
+        """This result as a terminal failure with no output: what a source reports when the
+        output cannot be encoded (``reason`` names the offending value)."""
+        return TaskResult(
+            task_id=self.task_id,
+            workflow_instance_id=self.workflow_instance_id,
+            worker_id=self.worker_id,
+            status=TaskStatus.FAILED_WITH_TERMINAL_ERROR,
+            reason_for_incompletion=reason,
+            logs=list(self.logs),
+            exception="OutputError",
+        )
+
     def add_output_data(self, key: str, value: Any) -> None:
         self.output_data[key] = value
 

@@ -267,15 +267,7 @@ class ConductorSource(TaskSource):
         try:
             output = result.output_json()
         except OutputError as exc:
-            output = b"{}"
-            result = TaskResult(
-                task_id=result.task_id,
-                workflow_instance_id=result.workflow_instance_id,
-                worker_id=result.worker_id,
-                status=TaskStatus.FAILED_WITH_TERMINAL_ERROR,
-                reason_for_incompletion=str(exc),
-                logs=list(result.logs),
-            )
+            output, result = b"{}", result.without_output(str(exc))
         body = result.to_wire()
         del body["outputData"]
         # The server rejects an empty workflowInstanceId (400); the task always knows it.

@@ -368,7 +368,7 @@ class NatsSource(TaskSource):
         try:
             result.output_json()  # encoded once here, reused by encode_result
         except OutputError as exc:
-            status, result = TaskStatus.FAILED_WITH_TERMINAL_ERROR, _with_reason(result, str(exc))
+            status, result = TaskStatus.FAILED_WITH_TERMINAL_ERROR, result.without_output(str(exc))
 
         if status is TaskStatus.COMPLETED:
             publishes = [self._publish_result(task, result)]
@@ -555,18 +555,6 @@ class NatsSource(TaskSource):
         lease, self._lease = self._lease, None
         if lease is not None:
             await asyncio.to_thread(lease.release)
-
-
-def _with_reason(result: TaskResult, reason: str) -> TaskResult:
-    return TaskResult(
-        task_id=result.task_id,
-        workflow_instance_id=result.workflow_instance_id,
-        worker_id=result.worker_id,
-        status=TaskStatus.FAILED_WITH_TERMINAL_ERROR,
-        reason_for_incompletion=reason,
-        logs=list(result.logs),
-        exception="OutputError",
-    )
 
 
 async def _all(coroutines: Sequence[Any]) -> None:
