@@ -195,6 +195,7 @@ class Runner:
         self._delivery = Delivery(self.source, self.spool, on_spooled=self.control.spooled)
         self.control.hello(self.slots)
         heartbeat = asyncio.create_task(self._heartbeat())
+        flusher = asyncio.create_task(_flush_metrics()) if metrics.buffering() else None
         try:
             await self._poll_loop()
             # Drain: no more polls; let in-flight tasks finish and report.
@@ -203,12 +204,15 @@ class Runner:
             await self._flush_spool_quietly()
         finally:
             heartbeat.cancel()
+            if flusher is not None:
+                flusher.cancel()
             self._send_heartbeat()
             if self._threads is not None:
                 self._threads.shutdown()
             await self.source.close()
             m.active_workers.labels(self.task_type).set(0)
             m.taskfleet_worker_slots.labels(self.task_type).set(0)
+            metrics.flush()
         return self.stop_reason or "stopped"
 
     async def _poll_loop(self) -> None:
@@ -498,6 +502,13 @@ class Runner:
         return ""
 
 
+async def _flush_metrics() -> None:
+    """Write buffered metric increments out every ``metrics.FLUSH_INTERVAL`` seconds."""
+    while True:
+        await asyncio.sleep(metrics.FLUSH_INTERVAL)
+        metrics.flush()
+
+
 def _rss_mib() -> float:
     """Current resident set size in MiB (Linux /proc; peak RSS elsewhere)."""
     try:
@@ -539,7 +550,7 @@ def child_main(recipe: ChildRecipe) -> None:
     configure_logging(
         recipe.config.log_level, recipe.config.log_format, secrets=secrets_of(recipe.config)
     )
-    metrics.setup(recipe.metrics_dir)
+    metrics.setup(recipe.metrics_dir, buffered=True)
     control = ControlClient(recipe.conn)
     try:
         source = create_source(recipe.config)

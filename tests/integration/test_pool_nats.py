@@ -7,7 +7,7 @@ import time
 import urllib.request
 
 import pytest
-from helpers import http_get, metric_total
+from helpers import http_get, metric_total, wait_until
 from nats_pool_workers import (
     native_mixed,
     native_spin,
@@ -36,14 +36,19 @@ def test_pool_on_nats_completes_every_task_and_metrics_sum_over_processes(nats_c
         h.start_processes()
         ids = client.submit_many("nats_square", [{"x": i} for i in range(300)])
         outcomes = [client.result(i, timeout=60) for i in ids]
-        body = http_get(h.metrics_url + "/metrics")[1]
+
+        def executed() -> float:
+            body = http_get(h.metrics_url + "/metrics")[1]
+            return metric_total(body, "task_execute_time_seconds_count", taskType="nats_square")
+
+        # Per-task metrics reach the scrape within metrics.FLUSH_INTERVAL (0.1 s).
+        # At-least-once: a redelivery could add one, never fewer.
+        wait_until(lambda: executed() >= 300, timeout=5, what="300 executions in /metrics")
         workers = json.loads(urllib.request.urlopen(h.metrics_url + "/workers").read())["workers"]
     assert [o.status for o in outcomes] == [TaskStatus.COMPLETED] * 300
     assert [o.output["y"] for o in outcomes] == [i * i for i in range(300)]
     assert len({o.output["pid"] for o in outcomes}) == 2
     assert len(workers) == 2
-    done = metric_total(body, "task_execute_time_seconds_count", taskType="nats_square")
-    assert done >= 300  # at-least-once: a redelivery could add one, never fewer
 
 
 def test_a_segfault_in_native_code_costs_exactly_that_task(nats_config, native_libs):
