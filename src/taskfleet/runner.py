@@ -4,7 +4,9 @@ One asyncio loop per process serves every source. Synchronous handlers run in a 
 ``threads`` slots (native calls release the GIL, so they run in parallel); ``async def``
 handlers run on the loop, at most ``threads`` at a time. Poll, execute and report stay apart:
 
-- **poll** asks only for as many tasks as there are free slots; an empty answer backs off
+- **poll** asks only for as many tasks as there are free slots (a slot freed beside running
+  tasks waits up to ``POLL_LINGER`` for more, so short tasks come several per poll); an empty
+  answer backs off
   exponentially (with jitter) up to ``poll_interval``, an error backs off up to 2 s, then 10 s
   once the outage is older than a minute — a dead server costs a few requests a minute.
 - **execute** binds input to the handler, turns its return value or exception into a
@@ -22,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import math
 import os
 import random
 import resource
@@ -51,6 +54,9 @@ __all__ = ["Backoff", "ChildRecipe", "Runner", "child_main"]
 log = logging.getLogger("taskfleet.runner")
 
 HEARTBEAT_INTERVAL = 1.0
+#: While other tasks of the process still run, a poll waits up to this many seconds for
+#: three quarters of the slots to be free, so that one fetch brings several tasks.
+POLL_LINGER = 0.002
 #: Exit codes of a worker process (the supervisor reads them).
 EXIT_OK = 0
 EXIT_START_FAILED = 3
@@ -141,6 +147,8 @@ class Runner:
         self._settled_ids: list[str] = []
         self._ledger = ledger if ledger is not None and ledger.slots >= self.slots else None
         self._free_records = list(range(self.slots - 1, -1, -1))
+        #: free slots worth a poll at once while other tasks still run (see ``_poll_loop``)
+        self._batch = max(1, math.ceil(self.slots * 0.75))
         #: tasks announced over the pipe (no ledger, or too big for a record)
         self._piped: set[str] = set()
 
@@ -221,6 +229,7 @@ class Runner:
         empty = Backoff(0.001, max(self.options.poll_interval, 1) / 1000.0, jitter=0.2)
         errors = Backoff(0.1, 2.0)
         m = metrics.get()
+        linger_until = 0.0
         while not self._stopping:
             if self.options.paused:
                 self._polling = False
@@ -238,6 +247,17 @@ class Runner:
                 self._polling = False
                 await self._sleep(None)
                 continue
+            if free < self._batch and self._running:
+                # Other tasks are about to free their slots too (short tasks end together):
+                # wait a moment so one fetch brings several tasks. Each fetch is a request and
+                # a reply through the server; one per task costs both sides more than the wait.
+                now = time.monotonic()
+                if not linger_until:
+                    linger_until = now + POLL_LINGER
+                if now < linger_until:
+                    await self._sleep(linger_until - now)
+                    continue
+            linger_until = 0.0
             self._polling = True
             request = PollRequest(
                 self.task_type,

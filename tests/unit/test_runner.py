@@ -149,6 +149,63 @@ def test_threads_run_sync_handlers_concurrently_and_polls_ask_only_for_free_slot
     assert max(source.counts) <= 3
 
 
+class CountingSource(MemorySource):
+    """Records how many tasks each poll asked for; hands out no chained tasks (like NATS)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: list[int] = []
+
+    async def poll(self, request):
+        self.counts.append(request.count)
+        return await super().poll(request)
+
+    async def report(self, task, result, *, chain=False):
+        return await super().report(task, result, chain=False)
+
+
+def test_slots_freed_together_are_filled_by_one_poll():
+    @worker_task("quick", threads=4)
+    async def quick(n: int) -> dict:
+        await asyncio.sleep(0.0002 * (n % 4))  # four tasks end a little apart
+        return {}
+
+    source = CountingSource()
+    ids = [source.add("quick", {"n": n}).task_id for n in range(200)]
+    run_inline(quick, source, max_tasks=200)
+    assert all(source.final(i).status is TaskStatus.COMPLETED for i in ids)
+    # The runner waits (at most POLL_LINGER) for three of the four slots to be free instead
+    # of polling for each one as it frees.
+    assert max(source.counts) <= 4
+    assert sum(source.counts) / len(source.counts) >= 3, source.counts
+
+
+def test_a_slot_freed_beside_long_tasks_is_filled_without_waiting_for_them():
+    release = asyncio.Event()
+    started: list[str] = []
+
+    @worker_task("mixed", threads=4)
+    async def mixed(kind: str) -> dict:
+        started.append(kind)
+        if kind == "long":
+            try:  # released only once two short tasks ran beside them
+                await asyncio.wait_for(release.wait(), 10)
+            except asyncio.TimeoutError:
+                return {"released": False}
+        elif started.count("short") == 2:
+            release.set()
+        return {"released": True}
+
+    source = CountingSource()
+    for _ in range(3):
+        source.add("mixed", {"kind": "long"})
+    source.add("mixed", {"kind": "short"})
+    source.add("mixed", {"kind": "short"})
+    run_inline(mixed, source, max_tasks=5)
+    assert started == ["long", "long", "long", "short", "short"]
+    assert all(r[-1].output_data == {"released": True} for r in source.results.values())
+
+
 def test_poll_errors_back_off_and_polling_recovers():
     source = MemorySource()
     source.fail_polls = 3
