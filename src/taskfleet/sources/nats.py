@@ -38,6 +38,8 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from nats.errors import NoRespondersError
+
 from .. import metrics
 from ..config import Configuration
 from ..task import (
@@ -520,15 +522,28 @@ class NatsSource(TaskSource):
         return rebuilt, self.subjects.task(task.task_type)
 
     async def _publish(self, subject: str, payload: bytes, headers: dict[str, str]) -> None:
-        js = self._require_js()
+        """Publish to a stream and wait for its PubAck (a request with its own timeout: unlike
+        publish_async's futures it cannot hang when the server rejects the message).
+
+        What ``js.publish`` does, minus building a PubAck object nobody reads (~10 µs a task):
+        the answer is checked for JetStream's error object only.
+        """
+        nc = self._require_nc()
         try:
-            # js.publish is a request with its own timeout: unlike publish_async's futures it
-            # cannot hang when the server rejects the message.
-            await js.publish(subject, payload, timeout=API_TIMEOUT, headers=headers)
+            answer = await nc.request(subject, payload, timeout=API_TIMEOUT, headers=headers)
+        except NoRespondersError:
+            raise SourceError(
+                f"publish to {subject} failed: no stream takes this subject (no responders)"
+            ) from None
         except Exception as exc:
             raise SourceError(
                 f"publish to {subject} failed: {exc}", status=error_code(exc)
             ) from None
+        data = answer.data
+        if data[:1] != b"{" or b'"error"' in data:  # the fast check; the JSON decides
+            problem = _publish_problem(subject, data)
+            if problem is not None:
+                raise problem
 
     async def _settle(self, handle: str, payload: bytes, *, sync: bool | None = None) -> None:
         nc = self._require_nc()
@@ -555,6 +570,28 @@ class NatsSource(TaskSource):
         lease, self._lease = self._lease, None
         if lease is not None:
             await asyncio.to_thread(lease.release)
+
+
+def _publish_problem(subject: str, data: bytes) -> SourceError | None:
+    """The SourceError for an answer to a publish that is not a PubAck (JetStream's error
+    object, or not JSON); None for a PubAck after all (a stream may be named "error")."""
+    try:
+        answer = json.loads(data)
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        return SourceError(f"publish to {subject} failed: unexpected answer {data[:200]!r}")
+    error = answer.get("error")
+    if error is None and "stream" in answer:
+        return None
+    if not isinstance(error, dict):
+        return SourceError(f"publish to {subject} failed: unexpected answer {data[:200]!r}")
+    code = error.get("err_code")
+    return SourceError(
+        f"publish to {subject} failed: {error.get('description', 'refused')}"
+        f" (code {error.get('code')}, err_code {code})",
+        status=code if isinstance(code, int) else None,
+    )
 
 
 async def _all(coroutines: Sequence[Any]) -> None:
