@@ -43,6 +43,8 @@ def dumps(obj: Any) -> bytes:
     Raises:
         OutputError: naming the first offending value's location and type.
     """
+    if type(obj) is dict and not obj:
+        return b"{}"  # the output of every handler that returns nothing
     try:
         return _encoder.encode(obj).encode("utf-8")
     except (TypeError, ValueError, RecursionError) as exc:
