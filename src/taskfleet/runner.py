@@ -139,7 +139,8 @@ class Runner:
         self._stats = _Stats()
         self._running: dict[str, asyncio.Task[None]] = {}
         self._stopping = False
-        self._wake: asyncio.Event | None = None
+        #: what the poll loop awaits while it sleeps (None: it is not sleeping)
+        self._waiter: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._threads: LoopThreads | None = None
         self._delivery: Delivery | None = None
@@ -173,8 +174,7 @@ class Runner:
             )
         self._stopping = True
         self.stop_reason = self.stop_reason or reason
-        if self._wake is not None:
-            self._wake.set()
+        self._wake_up()
 
     # -- hooks --------------------------------------------------------------------------------
 
@@ -191,9 +191,6 @@ class Runner:
             SourceError, ConfigurationError: when the source cannot start.
         """
         self._loop = asyncio.get_running_loop()
-        self._wake = asyncio.Event()
-        if self._stopping:
-            self._wake.set()
         m = metrics.get()
         m.active_workers.labels(self.task_type).set(1)
         m.taskfleet_worker_slots.labels(self.task_type).set(self.slots)
@@ -224,7 +221,7 @@ class Runner:
         return self.stop_reason or "stopped"
 
     async def _poll_loop(self) -> None:
-        assert self._wake is not None and self._delivery is not None
+        assert self._delivery is not None
         # Idle: from 1 ms up to poll_interval, little jitter so the interval is what was asked.
         empty = Backoff(0.001, max(self.options.poll_interval, 1) / 1000.0, jitter=0.2)
         errors = Backoff(0.1, 2.0)
@@ -313,15 +310,26 @@ class Runner:
         """Sleep (None: until woken), waking early when asked to stop or when a slot frees up."""
         if seconds is not None and seconds <= 0:
             return
-        assert self._wake is not None
-        self._wake.clear()
-        # Re-check after clearing: a stop or a freed slot may have come while we were busy.
+        # A stop or a freed slot may have come while the loop was busy.
         if self._stopping or (seconds is None and len(self._running) < self.slots):
             return
+        # A bare future and a timer: asyncio.Event.wait() under wait_for() costs a Task per
+        # sleep, and the poll loop sleeps between most polls. Everything here runs on the
+        # loop's thread, so nothing can wake it between the checks above and the await.
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = None if seconds is None else loop.call_later(seconds, _release, waiter)
         try:
-            await asyncio.wait_for(self._wake.wait(), seconds)
-        except asyncio.TimeoutError:
-            pass
+            await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+
+    def _wake_up(self) -> None:
+        """End the poll loop's sleep, if it sleeps (on the loop's thread)."""
+        if self._waiter is not None:
+            _release(self._waiter)
 
     async def _heartbeat(self) -> None:
         parent = os.getppid()
@@ -440,8 +448,7 @@ class Runner:
             self._running.pop(first_id, None)
             if record >= 0:
                 self._free_records.append(record)
-            if self._wake is not None:
-                self._wake.set()
+            self._wake_up()
 
     async def _execute(self, task: Task) -> TaskResult:
         self._hook("before_execute", task)
@@ -520,6 +527,11 @@ class Runner:
             if rss > limit:
                 return f"recycled at {rss:.0f} MiB resident (max_memory_per_child={limit})"
         return ""
+
+
+def _release(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 async def _flush_metrics() -> None:
