@@ -4,11 +4,13 @@
 Every measurement runs both sides in the same invocation, alternating, and reports the median of
 ``--runs`` and the ratio; the machine is shared, so ratios mean more than absolute numbers.
 
-    scripts/bench                          # everything (~10 min on 2 cores)
-    scripts/bench --quick                  # smaller N, 2 runs (~4 min)
+    scripts/bench                          # everything (~14 min on 2 cores)
+    scripts/bench --quick                  # smaller N, 2 runs (~6 min)
     scripts/bench --only conductor latency --runs 5 --tasks 20000
 
-Measurements (``--only`` names): conductor, latency, nats, scaling, memory, overhead.
+Measurements (``--only`` names): conductor, latency, nats, scaling, memory, overhead. The NATS
+measurement runs taskfleet with a ``def`` and with an ``async def`` no-op against the same raw
+runs (the raw loop handles its no-op inline on the event loop, as ``async def`` does).
 Worker pools run in their own process (``scripts/bench_workers.py``); client CPU is read from
 ``/proc/<pid>/stat`` of the worker processes, RSS from ``/proc/<pid>/status``.
 """
@@ -380,7 +382,7 @@ def bench_nats(args: argparse.Namespace) -> list[Row]:
                     time.sleep(0.01)
                 return n / (time.monotonic() - start)
 
-            def run_tf(task_type: str, procs: int, n: int) -> float:
+            def run_tf(task_type: str, procs: int, n: int, handler: str) -> float:
                 with pool(
                     "--sdk",
                     "taskfleet",
@@ -388,6 +390,8 @@ def bench_nats(args: argparse.Namespace) -> list[Row]:
                     server.url,
                     "--task-type",
                     task_type,
+                    "--handler",
+                    handler,
                     "--processes",
                     str(procs),
                     "--threads",
@@ -396,7 +400,7 @@ def bench_nats(args: argparse.Namespace) -> list[Row]:
                     drain(task_type, 50)
                     return drain(task_type, n)
 
-            def run_raw(task_type: str, procs: int, n: int) -> float:
+            def run_raw(task_type: str, procs: int, n: int, _: str) -> float:
                 prepare(task_type, procs)
                 with contextlib.ExitStack() as stack:
                     for _ in range(procs):
@@ -406,29 +410,37 @@ def bench_nats(args: argparse.Namespace) -> list[Row]:
                     drain(task_type, 50)
                     return drain(task_type, n)
 
+            # The raw loop runs its no-op inline on the event loop: taskfleet's like-for-like is
+            # an ``async def`` no-op; a plain ``def`` one adds the hand-off to a slot's thread.
+            styles = {"def": "noop", "async def": "anoop"}
             try:
                 for procs in (1, 2):
-                    tf: list[float] = []
-                    raw: list[float] = []
+                    rates: dict[str, list[float]] = {"raw": [], **{s: [] for s in styles}}
                     for run in range(args.runs):
-                        pair = [("tf", tf, run_tf), ("raw", raw, run_raw)]
-                        for name, sink, fn in pair if run % 2 == 0 else pair[::-1]:
-                            rate = fn(f"nats_{name}_{procs}_{run}", procs, args.nats_tasks)
-                            sink.append(rate)
+                        order = [("raw", "", run_raw)] + [
+                            (style, handler, run_tf) for style, handler in styles.items()
+                        ]
+                        for name, handler, fn in order[run % 3 :] + order[: run % 3]:
+                            kind = handler or "raw"
+                            rate = fn(f"nats_{kind}_{procs}_{run}", procs, args.nats_tasks, handler)
+                            rates[name].append(rate)
                             log(f"nats {procs} proc {name}: {rate:.0f} tasks/s")
-                    a, b = med(tf), med(raw)
-                    rows.append(
-                        Row(
-                            "nats",
-                            f"{procs} proc x {threads} slots, N={args.nats_tasks}",
-                            "tasks/s",
-                            a,
-                            b,
-                            a / b,
-                            ">= 0.8x",
-                            a / b >= 0.8,
+                    raw = med(rates["raw"])
+                    for style in styles:
+                        a = med(rates[style])
+                        rows.append(
+                            Row(
+                                "nats",
+                                f"{procs} proc x {threads} slots, {style} no-op,"
+                                f" N={args.nats_tasks}",
+                                "tasks/s",
+                                a,
+                                raw,
+                                a / raw,
+                                ">= 0.8x",
+                                a / raw >= 0.8,
+                            )
                         )
-                    )
             finally:
                 client.close()
         finally:

@@ -32,6 +32,11 @@ def noop() -> dict[str, Any]:
     return {}
 
 
+async def anoop() -> dict[str, Any]:
+    """Does nothing, as ``async def``: runs on the worker's loop, as the raw NATS loop's does."""
+    return {}
+
+
 def stamp() -> dict[str, Any]:
     """Records when the handler started (epoch seconds), for pickup latency."""
     return {"started": time.time()}
@@ -61,7 +66,13 @@ def native_primes(n: int = 400_000) -> dict[str, Any]:
     return {"primes": int(_count_primes(n))}
 
 
-HANDLERS = {"noop": noop, "stamp": stamp, "py_primes": py_primes, "native_primes": native_primes}
+HANDLERS = {
+    "noop": noop,
+    "anoop": anoop,
+    "stamp": stamp,
+    "py_primes": py_primes,
+    "native_primes": native_primes,
+}
 
 
 def _taskfleet_pool(args: argparse.Namespace) -> tuple[Any, list[int]]:

@@ -72,9 +72,10 @@ def test_pool_completes_every_task_once_and_one_scrape_sums_all_processes(server
         ]
         assert problems == [], problems
     # per-task metrics reach the scrape within metrics.FLUSH_INTERVAL (0.1 s); each task once
-    assert metric_total(
-        body, "task_execute_time_seconds_count", taskType="square", status="COMPLETED"
-    ) == 200
+    assert (
+        metric_total(body, "task_execute_time_seconds_count", taskType="square", status="COMPLETED")
+        == 200
+    )
     assert metric_total(body, "active_workers", taskType="square") == 2
 
 
