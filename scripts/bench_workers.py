@@ -78,8 +78,7 @@ HANDLERS = {
 def _taskfleet_pool(args: argparse.Namespace) -> tuple[Any, list[int]]:
     from taskfleet import Configuration, TaskHandler, worker_task
 
-    state = tempfile.mkdtemp(prefix="tf-bench-state-")
-    common: dict[str, Any] = {"state_dir": state, "metrics_address": "127.0.0.1:0"}
+    common: dict[str, Any] = {"state_dir": args.state_dir, "metrics_address": "127.0.0.1:0"}
     if args.nats_url:
         config = Configuration(source="nats", nats_url=args.nats_url, **common)
     else:
@@ -238,12 +237,13 @@ def main() -> int:
     parser.add_argument("--poll-interval", type=int, default=None, help="ms (default: SDK's)")
     parser.add_argument("--poll-timeout", type=int, default=None, help="ms (default: SDK's)")
     args = parser.parse_args()
-    pool, pids = _taskfleet_pool(args) if args.sdk == "taskfleet" else _peer_pool(args)
-    try:
-        print(json.dumps({"supervisor": os.getpid(), "workers": pids}), flush=True)
-        sys.stdin.read()  # the driver closes stdin to stop the pool
-    finally:
-        pool.stop_processes()
+    with tempfile.TemporaryDirectory(prefix="tf-bench-state-") as args.state_dir:
+        pool, pids = _taskfleet_pool(args) if args.sdk == "taskfleet" else _peer_pool(args)
+        try:
+            print(json.dumps({"supervisor": os.getpid(), "workers": pids}), flush=True)
+            sys.stdin.read()  # the driver closes stdin to stop the pool
+        finally:
+            pool.stop_processes()
     return 0
 
 
