@@ -24,10 +24,8 @@ import multiprocessing
 import os
 import pickle
 import random
-import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -37,6 +35,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from . import metrics
+from ._scratch import ScratchDir
 from .agent import SourceAgent
 from .config import Configuration
 from .control import (
@@ -224,6 +223,8 @@ class TaskHandler:
         self._spool: Spool | None = None
         self._metrics_dir: str | None = None
         self._ledger_dir: str | None = None
+        #: the directories above, held (removed at stop; a later pool removes them after -9)
+        self._scratch: list[ScratchDir] = []
         self._spawns = 0
         self._child_config = self.config
         self._embedded: Any = None
@@ -270,9 +271,11 @@ class TaskHandler:
             )
         try:
             self._check_picklable()
-            self._metrics_dir = tempfile.mkdtemp(prefix="taskfleet-metrics-")
+            self._scratch.append(ScratchDir("metrics"))
+            self._metrics_dir = self._scratch[-1].path
             metrics.setup(self._metrics_dir)
-            self._ledger_dir = tempfile.mkdtemp(prefix="taskfleet-ledger-", dir=ledger_dir())
+            self._scratch.append(ScratchDir("ledger", ledger_dir()))
+            self._ledger_dir = self._scratch[-1].path
             self._start_source()
             self._start_http()
             now = time.monotonic()
@@ -862,12 +865,11 @@ class TaskHandler:
             self._embedded = None
         for child in self._children:
             self._drop_ledger(child)
-        if self._ledger_dir:
-            shutil.rmtree(self._ledger_dir, ignore_errors=True)
-            self._ledger_dir = None
         if self._metrics_dir:
             metrics.setup(None)
-            shutil.rmtree(self._metrics_dir, ignore_errors=True)
-            self._metrics_dir = None
+        for scratch in self._scratch:
+            scratch.remove()
+        self._scratch.clear()
+        self._ledger_dir = self._metrics_dir = None
         if not self._monitor:
             self._done.set()

@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 
 import pytest
@@ -246,3 +247,41 @@ def test_readyz_flips_while_the_server_is_down_and_healthz_stays_ok(server, tmp_
         server.go_up()
         wait_until(lambda: http_get(base + "/readyz")[0] == 200, timeout=30)
     assert not_ready_after < 15
+
+
+def test_scratch_directories_of_a_pool_killed_with_sigkill_are_removed_by_the_next(
+    server, tmp_path, monkeypatch
+):
+    from taskfleet import _scratch
+    from taskfleet.ledger import ledger_dir
+
+    def scratch() -> set[str]:
+        found = set()
+        bases = {"metrics": tempfile.gettempdir(), "ledger": ledger_dir() or tempfile.gettempdir()}
+        for kind, base in bases.items():
+            found |= {
+                os.path.join(base, n)
+                for n in os.listdir(base)
+                if n.startswith(f"taskfleet-{kind}-")
+            }
+        return found
+
+    before = scratch()
+    config = {
+        "source": "conductor",
+        "conductor_server_url": server.url,
+        "state_dir": str(tmp_path / "s"),
+        "metrics_address": "off",
+    }
+    with pool_process(tmp_path, "whoami", **config) as proc:
+        left = wait_until(lambda: len(scratch() - before) == 2 and scratch() - before, timeout=30)
+        proc.kill()  # SIGKILL: the supervisor cannot clean up
+        proc.wait()
+    assert all(os.path.isdir(d) for d in left)
+    monkeypatch.setattr(_scratch, "MIN_ORPHAN_AGE", 0.0)  # they are seconds old, not minutes
+    with TaskHandler([whoami], conductor_config(server, tmp_path / "t")) as h:
+        h.start_processes()
+        assert not any(os.path.exists(d) for d in left)
+        ours = scratch() - before
+        assert len(ours) == 2, "the new pool made its own"
+    assert not any(os.path.exists(d) for d in ours), "and removed them when it stopped"
