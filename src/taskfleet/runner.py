@@ -6,9 +6,9 @@ handlers run on the loop, at most ``threads`` at a time. Poll, execute and repor
 
 - **poll** asks only for as many tasks as there are free slots (a slot freed beside running
   tasks waits up to ``POLL_LINGER`` for more, so short tasks come several per poll); an empty
-  answer backs off
-  exponentially (with jitter) up to ``poll_interval``, an error backs off up to 2 s, then 10 s
-  once the outage is older than a minute — a dead server costs a few requests a minute.
+  answer backs off exponentially (with jitter) up to ``poll_interval``, an error backs off up to
+  2 s, then 10 s once the outage is older than a minute — a dead server costs a few requests a
+  minute.
 - **execute** binds input to the handler, turns its return value or exception into a
   :class:`~taskfleet.task.TaskResult`, and never lets bad input or output kill the process.
 - **report** goes through :class:`~taskfleet.delivery.Delivery` (retries, then the spool); a
