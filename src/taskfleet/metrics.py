@@ -315,7 +315,8 @@ _buffering = False
 
 def setup(multiproc_dir: str | None, *, buffered: bool = False) -> None:
     """Choose this process's mode before its first metric: multiprocess (files in a directory
-    shared by the pool) or in-process. Called by every taskfleet process at start.
+    shared by the pool, which must exist) or in-process. Called by every taskfleet process at
+    start; a directory that does not exist (any more) means in-process.
 
     ``buffered`` (worker processes, multiprocess mode only): per-task metrics hold their
     increments until :func:`flush` (see the module docstring).
@@ -326,9 +327,12 @@ def setup(multiproc_dir: str | None, *, buffered: bool = False) -> None:
     with _lock:
         flush()
         _buffered.clear()
+        if multiproc_dir and not os.path.isdir(multiproc_dir):
+            # The pool that made it has stopped and removed it (this process started as the
+            # pool stopped): creating it again would leave a directory nobody removes.
+            multiproc_dir = None
         _buffering = bool(buffered and multiproc_dir)
         if multiproc_dir:
-            os.makedirs(multiproc_dir, exist_ok=True)
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = multiproc_dir
             values.ValueClass = values.MultiProcessValue(_process_id)
         elif _multiproc_dir:

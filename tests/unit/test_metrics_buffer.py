@@ -17,8 +17,9 @@ from taskfleet import metrics
 
 @pytest.fixture
 def multiproc_dir(tmp_path) -> Iterator[str]:
-    path = str(tmp_path / "prom")
-    yield path
+    path = tmp_path / "prom"
+    path.mkdir()
+    yield str(path)
     metrics.setup(None)  # back to in-process values for the other tests
 
 
@@ -126,3 +127,14 @@ def test_a_flush_writes_bucket_totals_not_one_observation_at_a_time(multiproc_di
     metrics.flush()
     labels = {"taskType": "t", "status": "COMPLETED"}
     assert value(scrape(multiproc_dir), "task_execute_time_seconds_count", **labels) == 9
+
+
+def test_a_directory_that_is_gone_is_not_created_again(tmp_path):
+    gone = tmp_path / "removed-by-its-pool"
+    try:
+        metrics.setup(str(gone), buffered=True)
+        metrics.get().task_poll.labels("t").inc()  # in-process: works, writes no file
+        assert not gone.exists()
+        assert metrics.multiproc_dir() is None and not metrics.buffering()
+    finally:
+        metrics.setup(None)
