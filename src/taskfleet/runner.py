@@ -591,7 +591,14 @@ def child_main(recipe: ChildRecipe) -> None:
         log.error("%s: cannot start: %s", recipe.worker.task_type, exc)
         control.leaving(f"start failed: {exc}")
         sys.exit(EXIT_START_FAILED)
-    ledger = Ledger(recipe.ledger_path, recipe.options.threads) if recipe.ledger_path else None
+    ledger = None
+    if recipe.ledger_path:
+        try:
+            ledger = Ledger(recipe.ledger_path, recipe.options.threads)
+        except OSError as exc:
+            # Gone with its pool (this process started as the pool stopped): announce over the
+            # pipe, which tells this process soon enough that nobody is listening.
+            log.warning("%s: no in-flight ledger: %s", recipe.worker.task_type, exc)
     runner = Runner(
         recipe.worker,
         source,
