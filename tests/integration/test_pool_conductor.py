@@ -285,3 +285,33 @@ def test_scratch_directories_of_a_pool_killed_with_sigkill_are_removed_by_the_ne
         ours = scratch() - before
         assert len(ours) == 2, "the new pool made its own"
     assert not any(os.path.exists(d) for d in ours), "and removed them when it stopped"
+
+
+def test_a_worker_process_whose_ledger_is_gone_still_serves(server, tmp_path):
+    # A process spawned as its pool stops finds the ledger file removed; it must not crash.
+    import multiprocessing
+
+    from taskfleet.runner import ChildRecipe, child_main
+
+    task_id = server.enqueue("whoami", {})
+    recipe = ChildRecipe(
+        whoami,
+        whoami.options,
+        0,
+        conductor_config(server, tmp_path / "state"),
+        None,
+        None,
+        ledger_path=str(tmp_path / "gone" / "0.ledger"),
+    )
+    process = multiprocessing.get_context("spawn").Process(target=child_main, args=(recipe,))
+    process.start()
+    try:
+        assert server.wait_for([task_id], timeout=30)
+        os.kill(process.pid, signal.SIGTERM)  # drain and exit
+        process.join(30)
+    finally:
+        if process.is_alive():
+            process.kill()
+            process.join()
+    assert process.exitcode == 0
+    assert server.job(task_id).status == "COMPLETED"
