@@ -65,13 +65,22 @@ def wait_until(condition: Callable[[], Any], timeout: float = 20.0, what: str = 
         delay = min(delay * 2, 0.2)
 
 
+def conductor_settings(server: Any, state: Path, **changes: Any) -> dict[str, Any]:
+    """``Configuration`` keywords for a pool on a ``ConductorTestServer``, state under
+    ``state``, no HTTP endpoint unless ``metrics_address`` is given (for :func:`pool_process`,
+    which takes keywords)."""
+    return {
+        "source": "conductor",
+        "conductor_server_url": server.url,
+        "state_dir": str(state),
+        "metrics_address": "off",
+        **changes,
+    }
+
+
 def conductor_config(server: Any, state: Path, **changes: Any) -> Configuration:
-    """Settings for a pool on a ``ConductorTestServer``, state under ``state``, no HTTP endpoint
-    unless ``metrics_address`` is given."""
-    values: dict[str, Any] = {"metrics_address": "off", **changes}
-    return Configuration(
-        source="conductor", conductor_server_url=server.url, state_dir=str(state), **values
-    ).validate()
+    """The :func:`conductor_settings` as a validated ``Configuration``."""
+    return Configuration(**conductor_settings(server, state, **changes)).validate()
 
 
 def http_get(url: str) -> tuple[int, str]:

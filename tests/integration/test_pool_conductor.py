@@ -11,7 +11,14 @@ import tempfile
 import time
 
 import pytest
-from helpers import conductor_config, http_get, metric_total, pool_process, wait_until
+from helpers import (
+    conductor_config,
+    conductor_settings,
+    http_get,
+    metric_total,
+    pool_process,
+    wait_until,
+)
 from pool_workers import blocker, crashy, long_lease, sleeper, square, whoami
 
 from taskfleet import TaskHandler
@@ -185,13 +192,9 @@ def test_drain_finishes_in_flight_tasks_and_hands_back_what_cannot_finish(server
 
 def test_sigterm_drains_in_flight_tasks_to_completion_and_exits_zero(server, tmp_path):
     ids = server.enqueue_many("sleeper", [{"seconds": 1.5}, {"seconds": 1.5}])
-    config = {
-        "source": "conductor",
-        "conductor_server_url": server.url,
-        "state_dir": str(tmp_path / "s"),
-        "metrics_address": "127.0.0.1:0",
-        "drain_timeout": 30,
-    }
+    config = conductor_settings(
+        server, tmp_path / "s", metrics_address="127.0.0.1:0", drain_timeout=30
+    )
     with pool_process(tmp_path, "sleeper.with_options(time_limit=None)", **config) as proc:
         wait_until(lambda: all(server.job(i).status == "IN_PROGRESS" for i in ids), timeout=30)
         proc.send_signal(signal.SIGTERM)
@@ -267,12 +270,7 @@ def test_scratch_directories_of_a_pool_killed_with_sigkill_are_removed_by_the_ne
         return found
 
     before = scratch()
-    config = {
-        "source": "conductor",
-        "conductor_server_url": server.url,
-        "state_dir": str(tmp_path / "s"),
-        "metrics_address": "off",
-    }
+    config = conductor_settings(server, tmp_path / "s")
     with pool_process(tmp_path, "whoami", **config) as proc:
         left = wait_until(lambda: len(scratch() - before) == 2 and scratch() - before, timeout=30)
         proc.kill()  # SIGKILL: the supervisor cannot clean up

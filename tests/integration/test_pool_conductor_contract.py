@@ -9,7 +9,7 @@ import urllib.parse
 from collections import Counter
 
 import pytest
-from helpers import conductor_config, pool_process
+from helpers import conductor_config, conductor_settings, pool_process
 from pool_workers import alpha, beta, idle, whoami
 
 from taskfleet import TaskHandler
@@ -95,13 +95,7 @@ def test_an_idle_worker_polls_at_its_poll_interval_not_faster(tmp_path):
 def test_sigterm_with_eight_tasks_running_reports_all_eight_completed_and_exits_zero(tmp_path):
     with ConductorTestServer() as server:
         ids = server.enqueue_many("drainer", [{"seconds": 2.0} for _ in range(8)])
-        config = {
-            "source": "conductor",
-            "conductor_server_url": server.url,
-            "state_dir": str(tmp_path / "state"),
-            "metrics_address": "off",
-            "drain_timeout": 30,
-        }
+        config = conductor_settings(server, tmp_path / "state", drain_timeout=30)
         with pool_process(tmp_path, "drainer", **config) as proc:
             assert server.wait_for(
                 lambda: all(server.job(i).status == "IN_PROGRESS" for i in ids), timeout=60
@@ -121,15 +115,13 @@ def test_auth_token_is_sent_refreshed_once_when_expired_and_never_logged(tmp_pat
     secret = "s3cr3t-value-never-logged"
     with ConductorTestServer(auth=("key-id", secret)) as server:
         ids = server.enqueue_many("whoami", [{} for _ in range(5)])
-        config = {
-            "source": "conductor",
-            "conductor_server_url": server.url,
-            "state_dir": str(tmp_path / "state"),
-            "metrics_address": "off",
-            "conductor_auth_key": "key-id",
-            "conductor_auth_secret": secret,
-            "log_level": "debug",
-        }
+        config = conductor_settings(
+            server,
+            tmp_path / "state",
+            conductor_auth_key="key-id",
+            conductor_auth_secret=secret,
+            log_level="debug",
+        )
         with pool_process(tmp_path, "whoami", **config) as proc:
             assert server.wait_for(ids, timeout=60)
             server.expire_tokens()
