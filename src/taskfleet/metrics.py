@@ -184,6 +184,8 @@ class _Buffered:
         self._values: list[float] = []
 
     def inc(self, amount: float = 1) -> None:
+        if amount < 0:  # refused now, as prometheus_client does, not at the next flush
+            raise ValueError("Counters can only be incremented by non-negative amounts.")
         self._values.append(amount)
 
     def observe(self, amount: float) -> None:

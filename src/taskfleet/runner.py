@@ -217,7 +217,7 @@ class Runner:
             await self.source.close()
             m.active_workers.labels(self.task_type).set(0)
             m.taskfleet_worker_slots.labels(self.task_type).set(0)
-            metrics.flush()
+            _write_metrics()
         return self.stop_reason or "stopped"
 
     async def _poll_loop(self) -> None:
@@ -536,9 +536,23 @@ def _release(waiter: asyncio.Future[None]) -> None:
 
 async def _flush_metrics() -> None:
     """Write buffered metric increments out every ``metrics.FLUSH_INTERVAL`` seconds."""
+    failing = False
     while True:
         await asyncio.sleep(metrics.FLUSH_INTERVAL)
+        failing = _write_metrics(failing)
+
+
+def _write_metrics(failing: bool = False) -> bool:
+    """``metrics.flush()``; a failure (a full disk under the metrics directory) costs those
+    metrics, never the process, and is logged once until a flush works again. Returns whether
+    it failed."""
+    try:
         metrics.flush()
+    except Exception as exc:
+        if not failing:
+            log.warning("writing metrics failed (tasks are not affected): %s", exc)
+        return True
+    return False
 
 
 def _rss_mib() -> float:

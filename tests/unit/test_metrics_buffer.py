@@ -3,6 +3,7 @@ exported numbers are exactly what direct writes would have produced."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.utils import floatToGoString
 
-from taskfleet import metrics
+from taskfleet import TaskStatus, metrics
 
 
 @pytest.fixture
@@ -138,3 +139,47 @@ def test_a_directory_that_is_gone_is_not_created_again(tmp_path):
         assert metrics.multiproc_dir() is None and not metrics.buffering()
     finally:
         metrics.setup(None)
+
+
+def test_a_negative_increment_is_refused_at_once_as_prometheus_does(multiproc_dir):
+    metrics.setup(multiproc_dir, buffered=True)
+    with pytest.raises(ValueError, match="non-negative"):
+        metrics.get().task_poll.labels("t").inc(-1)
+    metrics.flush()  # nothing bad was queued
+
+
+def test_failing_flushes_cost_metrics_not_the_worker_and_flushing_resumes(
+    multiproc_dir, monkeypatch
+):
+    from taskfleet import worker_task
+    from taskfleet.runner import run_inline
+    from taskfleet.sources.memory import MemorySource
+
+    metrics.setup(multiproc_dir, buffered=True)
+    real_flush, calls = metrics.flush, []
+
+    def flaky() -> None:
+        calls.append(1)
+        if len(calls) <= 2:
+            raise OSError(28, "No space left on device")
+        real_flush()
+
+    monkeypatch.setattr(metrics, "flush", flaky)
+
+    @worker_task("slowish")
+    async def slowish() -> dict:
+        await asyncio.sleep(0.05)
+        return {}
+
+    source = MemorySource()
+    ids = [source.add("slowish").task_id for _ in range(10)]  # ~0.5 s: several flushes
+    run_inline(slowish, source, max_tasks=10)
+    assert all(source.final(i).status is TaskStatus.COMPLETED for i in ids)
+    assert len(calls) >= 3  # kept flushing after the failures
+    executed = value(
+        scrape(multiproc_dir),
+        "task_execute_time_seconds_count",
+        taskType="slowish",
+        status="COMPLETED",
+    )
+    assert 0 < executed <= 10  # what the failed flushes held is lost; the rest is written
