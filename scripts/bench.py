@@ -348,10 +348,10 @@ def bench_latency(args: argparse.Namespace) -> list[Row]:
 
 def bench_nats(args: argparse.Namespace) -> list[Row]:
     from taskfleet import Configuration
-    from taskfleet.client import TaskClient
-    from taskfleet.natsserver import NatsServer
-    from taskfleet.sources.base import WorkerBinding
-    from taskfleet.sources.nats import NatsSource
+    from taskfleet._client import TaskClient
+    from taskfleet._nats.server import NatsServer
+    from taskfleet._sources.base import WorkerBinding
+    from taskfleet._sources.nats import NatsSource
 
     rows = []
     threads = 4

@@ -132,8 +132,8 @@ async def _raw_loop(url: str, task_type: str, batch: int) -> None:
 
     import nats
 
+    from taskfleet._nats.wire import Subjects, consumer_name
     from taskfleet._proto.taskfleet.v1 import task_pb2
-    from taskfleet.sources.nats_wire import Subjects, consumer_name
 
     subjects = Subjects("taskfleet")
     nc = await nats.connect(url)
@@ -180,8 +180,8 @@ def overhead_main() -> int:
     argv: N style(sync|async) threads [profile]. Prints JSON {"us_per_task": ...}.
     """
     from taskfleet import worker_task
-    from taskfleet.runner import run_inline
-    from taskfleet.sources.memory import MemorySource
+    from taskfleet._runner import run_inline
+    from taskfleet._sources.memory import MemorySource
 
     n, style, threads = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     profile = len(sys.argv) > 4 and sys.argv[4] == "profile"

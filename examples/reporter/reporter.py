@@ -23,7 +23,7 @@ from typing import Any
 import requests
 
 from taskfleet import Task, TaskResult, TaskStatus
-from taskfleet.config import redact_url
+from taskfleet._config import redact_url
 from taskfleet.hooks import HookBase
 
 logger = logging.getLogger("taskfleet.examples.reporter")

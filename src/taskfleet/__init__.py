@@ -5,10 +5,10 @@ The public API is what this module exports; implementation modules are private b
 
 from typing import TYPE_CHECKING
 
-from .config import Configuration
-from .context import TaskContext, add_log, get_task_context
-from .handler import TaskHandler
-from .task import (
+from ._config import Configuration
+from ._context import TaskContext, add_log, get_task_context
+from ._supervisor import TaskHandler
+from ._task import (
     ConfigurationError,
     DecodeError,
     InputError,
@@ -23,13 +23,13 @@ from .task import (
     TaskResult,
     TaskStatus,
 )
-from .worker import Worker, WorkerInterface, WorkerOptions, worker_task
+from ._worker import Worker, WorkerInterface, WorkerOptions, worker_task
 
 __version__ = "0.1.0"
 
 # The NATS client pulls in nats-py and protobuf (about 150 ms): loaded on first use, so workers
 # and Conductor-only programs do not pay for it at import.
-_LAZY = {"ResultTimeout": ".client", "TaskClient": ".client", "TaskOutcome": ".client"}
+_LAZY = {"ResultTimeout": "._client", "TaskClient": "._client", "TaskOutcome": "._client"}
 
 
 def __getattr__(name: str) -> object:
@@ -44,7 +44,7 @@ def __getattr__(name: str) -> object:
 
 
 if TYPE_CHECKING:
-    from .client import ResultTimeout, TaskClient, TaskOutcome
+    from ._client import ResultTimeout, TaskClient, TaskOutcome
 
 __all__ = [
     # defining workers

@@ -1,6 +1,6 @@
 """``python -m taskfleet``: the same as the ``taskfleet`` command."""
 
-from .cli import main
+from ._cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -20,7 +20,7 @@ import time
 
 __all__ = ["ScratchDir"]
 
-log = logging.getLogger("taskfleet.handler")
+log = logging.getLogger("taskfleet.supervisor")
 
 LOCK_NAME = ".owner"
 #: A lock file younger than this may belong to a pool between creating and locking it.

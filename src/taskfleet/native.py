@@ -18,7 +18,7 @@
 * Libraries are opened with :class:`ctypes.CDLL`, which releases the GIL during every call, so
   ``threads=N`` runs native code in parallel inside one worker process.
 * A function declared with ``"status"`` returns ``int``: 0 is success, anything else raises
-  :class:`NativeCallError` (a :class:`~taskfleet.task.TaskError`, so the task fails with a reason
+  :class:`NativeCallError` (a :class:`~taskfleet._task.TaskError`, so the task fails with a reason
   naming the function, the code and the library's message). With ``error_buffer=N`` the call
   appends a ``char *err, size_t errlen`` pair that the library fills with its message.
 """
@@ -35,8 +35,8 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeAlias
 
-from .task import NonRetryableError, TaskError, TaskfleetError
-from .worker import Worker, worker_task
+from ._task import NonRetryableError, TaskError, TaskfleetError
+from ._worker import Worker, worker_task
 
 __all__ = [
     "ARG_TYPES",
@@ -494,7 +494,7 @@ def native_worker(
             (buffers are ``bytes``, sent base64-encoded in JSON input).
         output: the output key for the return value (``bytes`` results are base64-encoded);
             None for no output.
-        options: worker options, as for :func:`~taskfleet.worker.worker_task` (``threads``,
+        options: worker options, as for :func:`~taskfleet._worker.worker_task` (``threads``,
             ``processes``, ``time_limit``...).
 
     The worker pickles by value (library path, declaration, input names), so it can be defined

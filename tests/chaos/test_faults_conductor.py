@@ -114,8 +114,8 @@ def test_a_30s_outage_spools_results_and_survives_the_pool_killed_meanwhile(tmp_
             os.kill(pid, signal.SIGKILL)
         h1.request_stop(immediately=True)
         h1.join_processes(30)
-        from taskfleet.runner import source_key
-        from taskfleet.spool import Spool
+        from taskfleet._runner import source_key
+        from taskfleet._spool import Spool
 
         spool = Spool(state / "spool.sqlite3", source_key(cfg))
         spooled = spool.count()

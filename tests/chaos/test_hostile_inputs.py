@@ -15,8 +15,8 @@ from chaos_workers import hostile
 from helpers import report
 
 from taskfleet import Configuration, TaskClient, TaskHandler, TaskStatus
+from taskfleet._nats.server import NatsServer
 from taskfleet._proto.taskfleet.v1 import task_pb2
-from taskfleet.natsserver import NatsServer
 
 MESSAGES = 10_000
 

@@ -11,7 +11,7 @@ from chaos_workers import chaos_work
 from helpers import killer, live_pids, report
 
 from taskfleet import Configuration, TaskClient, TaskHandler, TaskStatus
-from taskfleet.natsserver import NatsServer
+from taskfleet._nats.server import NatsServer
 
 TASKS = int(os.environ.get("TASKFLEET_CHAOS_TASKS", "2000"))
 

@@ -8,8 +8,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from taskfleet.config import Configuration
-from taskfleet.natsserver import NatsServer
+from taskfleet._config import Configuration
+from taskfleet._nats.server import NatsServer
 from taskfleet.testing.nats import embedded_nats
 
 T = TypeVar("T")

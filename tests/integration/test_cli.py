@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from taskfleet import cli
+from taskfleet import _cli as cli
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = "examples.quickstart.workers"

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from taskfleet import InputError, NonRetryableError, Task, TaskError, TaskResult, TaskStatus
+from taskfleet._worker import Worker, result_from_exception, to_result
 from taskfleet.native import (
     NativeCallError,
     NativeLibrary,
@@ -24,7 +25,6 @@ from taskfleet.native import (
     native_worker,
     output_buffer,
 )
-from taskfleet.worker import Worker, result_from_exception, to_result
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,11 @@ import nats.errors
 import pytest
 from helpers import run
 
-from taskfleet.client import TaskClient
-from taskfleet.config import Configuration
-from taskfleet.sources.base import PollRequest, WorkerBinding
-from taskfleet.sources.nats import NatsSource
-from taskfleet.task import SourceError, TaskStatus
+from taskfleet._client import TaskClient
+from taskfleet._config import Configuration
+from taskfleet._sources.base import PollRequest, WorkerBinding
+from taskfleet._sources.nats import NatsSource
+from taskfleet._task import SourceError, TaskStatus
 from taskfleet.testing.nats import embedded_nats
 
 pytestmark = [pytest.mark.slow, pytest.mark.chaos]

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from helpers import run, wait_until
 
-from taskfleet.client import TaskClient
-from taskfleet.config import Configuration
-from taskfleet.sources.base import PollRequest, WorkerBinding
-from taskfleet.sources.nats import NatsSource
-from taskfleet.task import TaskStatus
+from taskfleet._client import TaskClient
+from taskfleet._config import Configuration
+from taskfleet._sources.base import PollRequest, WorkerBinding
+from taskfleet._sources.nats import NatsSource
+from taskfleet._task import TaskStatus
 from taskfleet.testing.nats import nats_cluster
 
 pytestmark = pytest.mark.slow

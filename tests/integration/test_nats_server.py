@@ -11,8 +11,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from taskfleet.embedded import EmbeddedNats
-from taskfleet.natsserver import NatsServer, NatsServerError, find_nats_server
+from taskfleet._nats.embedded import EmbeddedNats
+from taskfleet._nats.server import NatsServer, NatsServerError, find_nats_server
 from taskfleet.testing.nats import embedded_nats, nats_cluster
 
 pytestmark = pytest.mark.slow
@@ -53,7 +53,7 @@ def test_a_restarted_server_keeps_its_port(tmp_path):
 
 
 def test_a_missing_binary_names_the_wheel(tmp_path, monkeypatch):
-    import taskfleet.natsserver as module
+    import taskfleet._nats.server as module
 
     monkeypatch.setattr(module.sys, "executable", str(tmp_path / "python"))
     monkeypatch.setattr(module.sysconfig, "get_path", lambda _name: str(tmp_path))
@@ -89,7 +89,7 @@ def test_processes_share_one_embedded_server_and_the_last_one_stops_it(tmp_path)
 def test_another_process_joins_the_embedded_server_through_the_discovery_file(tmp_path):
     with EmbeddedNats(tmp_path) as url:
         code = (
-            "import sys; from taskfleet.embedded import EmbeddedNats\n"
+            "import sys; from taskfleet._nats.embedded import EmbeddedNats\n"
             f"lease = EmbeddedNats({str(tmp_path)!r}); print(lease.acquire()); lease.release()\n"
         )
         out = subprocess.run(

@@ -14,11 +14,11 @@ import pytest
 from helpers import eventually, run
 from nats.js.api import RetentionPolicy
 
-from taskfleet.config import Configuration
-from taskfleet.sources.base import PollRequest, WorkerBinding
-from taskfleet.sources.nats import NatsSource
-from taskfleet.sources.nats_wire import REASON_HEADER, Subjects, decode_result, encode_task
-from taskfleet.task import SourceError, TaskResult, TaskStatus
+from taskfleet._config import Configuration
+from taskfleet._nats.wire import REASON_HEADER, Subjects, decode_result, encode_task
+from taskfleet._sources.base import PollRequest, WorkerBinding
+from taskfleet._sources.nats import NatsSource
+from taskfleet._task import SourceError, TaskResult, TaskStatus
 
 pytestmark = pytest.mark.slow
 

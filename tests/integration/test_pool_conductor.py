@@ -256,7 +256,7 @@ def test_scratch_directories_of_a_pool_killed_with_sigkill_are_removed_by_the_ne
     server, tmp_path, monkeypatch
 ):
     from taskfleet import _scratch
-    from taskfleet.ledger import ledger_dir
+    from taskfleet._ledger import ledger_dir
 
     def scratch() -> set[str]:
         found = set()
@@ -289,7 +289,7 @@ def test_a_worker_process_whose_ledger_is_gone_still_serves(server, tmp_path):
     # A process spawned as its pool stops finds the ledger file removed; it must not crash.
     import multiprocessing
 
-    from taskfleet.runner import ChildRecipe, child_main
+    from taskfleet._runner import ChildRecipe, child_main
 
     task_id = server.enqueue("whoami", {})
     recipe = ChildRecipe(

@@ -11,11 +11,11 @@ from urllib.parse import urlsplit
 import pytest
 from helpers import run, wait_until
 
-from taskfleet.client import ResultTimeout, TaskClient
-from taskfleet.config import Configuration
-from taskfleet.sources.base import PollRequest, WorkerBinding
-from taskfleet.sources.nats import NatsSource
-from taskfleet.task import TaskStatus
+from taskfleet._client import ResultTimeout, TaskClient
+from taskfleet._config import Configuration
+from taskfleet._sources.base import PollRequest, WorkerBinding
+from taskfleet._sources.nats import NatsSource
+from taskfleet._task import TaskStatus
 
 pytestmark = pytest.mark.slow
 

@@ -6,8 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from taskfleet.config import SETTINGS
-from taskfleet.worker import ENV_PROPERTIES
+from taskfleet._config import SETTINGS
+from taskfleet._worker import ENV_PROPERTIES
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGE = ROOT / "docs" / "configuration.md"

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from taskfleet import Task, TaskResult, TaskStatus
+from taskfleet._worker import result_from_exception
 from taskfleet.hooks import call_hooks
-from taskfleet.worker import result_from_exception
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "reporter" / "reporter.py"
 

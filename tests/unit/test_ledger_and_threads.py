@@ -9,10 +9,10 @@ import time
 
 import pytest
 
+from taskfleet._control import pack_task, unpack_task
+from taskfleet._ledger import RECORD_SIZE, Ledger
+from taskfleet._task import Task
 from taskfleet._threads import LoopThreads
-from taskfleet.control import pack_task, unpack_task
-from taskfleet.ledger import RECORD_SIZE, Ledger
-from taskfleet.task import Task
 
 
 def _task(task_id: str, **extra: object) -> Task:

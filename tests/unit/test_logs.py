@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import pytest
 
 from taskfleet import Configuration, ConfigurationError, Task
-from taskfleet.context import TaskContext, task_context
-from taskfleet.logs import (
+from taskfleet._context import TaskContext, task_context
+from taskfleet._logs import (
     RedactingFilter,
     TaskContextFilter,
     TextFormatter,

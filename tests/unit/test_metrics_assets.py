@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from taskfleet.metrics import DEFINITIONS
+from taskfleet._metrics import DEFINITIONS
 
 ASSETS = Path(__file__).resolve().parents[2] / "metrics"
 

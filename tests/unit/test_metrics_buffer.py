@@ -13,7 +13,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.utils import floatToGoString
 
-from taskfleet import TaskStatus, metrics
+from taskfleet import TaskStatus
+from taskfleet import _metrics as metrics
 
 
 @pytest.fixture
@@ -152,8 +153,8 @@ def test_failing_flushes_cost_metrics_not_the_worker_and_flushing_resumes(
     multiproc_dir, monkeypatch
 ):
     from taskfleet import worker_task
-    from taskfleet.runner import run_inline
-    from taskfleet.sources.memory import MemorySource
+    from taskfleet._runner import run_inline
+    from taskfleet._sources.memory import MemorySource
 
     metrics.setup(multiproc_dir, buffered=True)
     real_flush, calls = metrics.flush, []

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from taskfleet.sources.nats import _publish_problem
+from taskfleet._sources.nats import _publish_problem
 
 FULL = (
     b'{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"},'

@@ -6,8 +6,7 @@ import json
 
 import pytest
 
-from taskfleet.sources.nats import nak_payload
-from taskfleet.sources.nats_wire import (
+from taskfleet._nats.wire import (
     Subjects,
     consumer_name,
     decode_task,
@@ -16,7 +15,8 @@ from taskfleet.sources.nats_wire import (
     parse_handle,
     task_from_message,
 )
-from taskfleet.task import ConfigurationError, DecodeError, Task, TaskResult, TaskStatus
+from taskfleet._sources.nats import nak_payload
+from taskfleet._task import ConfigurationError, DecodeError, Task, TaskResult, TaskStatus
 
 
 def test_subjects_and_stream_names_follow_the_prefix():

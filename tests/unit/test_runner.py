@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from taskfleet import NonRetryableError, Task, TaskInProgress, TaskStatus, add_log, worker_task
-from taskfleet.delivery import Delivery
-from taskfleet.runner import Backoff, Runner, run_inline
-from taskfleet.sources.memory import MemorySource
-from taskfleet.spool import Spool
+from taskfleet._delivery import Delivery
+from taskfleet._runner import Backoff, Runner, run_inline
+from taskfleet._sources.memory import MemorySource
+from taskfleet._spool import Spool
 
 
 @worker_task("add")
@@ -229,7 +229,7 @@ def test_a_result_that_cannot_be_delivered_goes_to_the_spool_and_is_delivered_la
     tmp_path, monkeypatch
 ):
     # Shrink the retry budget so the test does not wait out the production backoff.
-    monkeypatch.setattr("taskfleet.delivery.REPORT_MAX_SECONDS", 0.2)
+    monkeypatch.setattr("taskfleet._delivery.REPORT_MAX_SECONDS", 0.2)
     spool = Spool(tmp_path / "spool.sqlite3", "memory")
     source = MemorySource()
     t = source.add("add", {"x": 4, "y": 4})

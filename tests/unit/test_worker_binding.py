@@ -21,8 +21,8 @@ from taskfleet import (
     TaskStatus,
     worker_task,
 )
-from taskfleet.task import ConfigurationError
-from taskfleet.worker import WorkerOptions, options_from_env, to_result
+from taskfleet._task import ConfigurationError
+from taskfleet._worker import WorkerOptions, options_from_env, to_result
 
 
 @dataclasses.dataclass

@@ -10,7 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..natsserver import NatsCluster, NatsServer
+    from .._nats.server import NatsCluster, NatsServer
     from .conductor import ConductorTestServer, Job, Outcome, RequestRecord
     from .nats import embedded_nats, nats_cluster
 
@@ -30,8 +30,8 @@ _LAZY = {
     "Job": ".conductor",
     "Outcome": ".conductor",
     "RequestRecord": ".conductor",
-    "NatsServer": "..natsserver",
-    "NatsCluster": "..natsserver",
+    "NatsServer": ".._nats.server",
+    "NatsCluster": ".._nats.server",
     "embedded_nats": ".nats",
     "nats_cluster": ".nats",
 }

@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ..natsserver import NatsCluster, NatsServer
+from .._nats.server import NatsCluster, NatsServer
 
 __all__ = ["NatsCluster", "NatsServer", "embedded_nats", "nats_cluster"]
 

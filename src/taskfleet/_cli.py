@@ -36,9 +36,9 @@ from types import FrameType, ModuleType
 from typing import IO, Any, NoReturn
 
 from . import __version__
-from .config import Configuration
-from .task import ConfigurationError, SourceError, TaskfleetError, TaskStatus
-from .worker import Worker, WorkerInterface, as_worker
+from ._config import Configuration
+from ._task import ConfigurationError, SourceError, TaskfleetError, TaskStatus
+from ._worker import Worker, WorkerInterface, as_worker
 
 __all__ = [
     "EXIT_IMPORT_FAILED",
@@ -312,7 +312,7 @@ def _env_without_worker_overrides(options: Mapping[str, Any]) -> dict[str, str]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the modules' workers under a TaskHandler until SIGTERM/SIGINT and a clean drain."""
-    from .handler import TaskHandler
+    from ._supervisor import TaskHandler
 
     workers = load_all_workers(args.modules)
     options = {k: v for k, v in (("processes", args.processes), ("threads", args.threads)) if v}
@@ -411,8 +411,8 @@ def run_local(
 ) -> dict[str, Any]:
     """Run ``tasks`` through the real worker code in this process (a MemorySource, one runner
     per task type on one event loop); return each task's final TaskResult by task id."""
-    from .runner import Runner
-    from .sources.memory import MemorySource
+    from ._runner import Runner
+    from ._sources.memory import MemorySource
 
     source = MemorySource(max_attempts=max_attempts)
     for task in tasks:
@@ -443,7 +443,7 @@ def run_local(
 
 def cmd_local(args: argparse.Namespace) -> int:
     """Run a tasks file through the workers in-process; exit 1 when any task failed."""
-    from .logs import configure_logging
+    from ._logs import configure_logging
 
     configure_logging(args.log_level, "text")
     workers = load_all_workers([args.module])
@@ -485,8 +485,8 @@ def _json_object_arg(text: str, flag: str) -> dict[str, Any]:
 def _open_client(config: Configuration) -> Any:
     """A TaskClient; its connection warnings stay quiet unless TASKFLEET_LOG_LEVEL asks for
     them, because a failure to connect is reported once, as the command's error line."""
-    from .client import TaskClient
-    from .logs import configure_logging, secrets_of
+    from ._client import TaskClient
+    from ._logs import configure_logging, secrets_of
 
     level = config.log_level if os.environ.get("TASKFLEET_LOG_LEVEL") else "error"
     configure_logging(level, config.log_format, secrets=secrets_of(config))
@@ -507,7 +507,7 @@ def _submit(client: Any, task_type: str, data: dict[str, Any], count: int) -> li
 
 def _wait(client: Any, ids: Sequence[str], timeout: float) -> tuple[int, int]:
     """Print each result as it comes (in submission order); return (failed, missing)."""
-    from .client import ResultTimeout
+    from ._client import ResultTimeout
 
     deadline = time.monotonic() + timeout
     progress = Progress("results", len(ids))
@@ -603,8 +603,8 @@ def cmd_nats_server(args: argparse.Namespace) -> int:
     state dir), so ``taskfleet run``/``submit`` without ``NATS_URL`` use it; with ``--port`` a
     standalone server on that port, for ``NATS_URL=nats://127.0.0.1:PORT``.
     """
-    from .embedded import EmbeddedNats
-    from .natsserver import NatsServer
+    from ._nats.embedded import EmbeddedNats
+    from ._nats.server import NatsServer
 
     config = build_config(args)
     if args.port is not None:

@@ -3,7 +3,7 @@
 :func:`configure_logging` installs one handler on the ``taskfleet`` logger with two filters:
 
 * :class:`TaskContextFilter` adds ``task_id``, ``task_type`` and ``workflow_id`` to every record
-  emitted while a task runs (read from :func:`taskfleet.context.current_task_context`, which
+  emitted while a task runs (read from :func:`taskfleet._context.current_task_context`, which
   follows the task into its executor thread and ``async`` code).
 * :class:`RedactingFilter` masks configured secret strings, URL passwords (``nats://u:p@h`` becomes
   ``nats://***@h``) and token-looking values (``X-Authorization: ...``, ``token=...``, JWTs) in the
@@ -33,11 +33,11 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import IO, TYPE_CHECKING, Any
 
-from .context import current_task_context
-from .task import ConfigurationError
+from ._context import current_task_context
+from ._task import ConfigurationError
 
 if TYPE_CHECKING:
-    from .config import Configuration
+    from ._config import Configuration
 
 __all__ = [
     "JsonFormatter",

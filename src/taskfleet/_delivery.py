@@ -2,7 +2,7 @@
 
 Promise 2 of the design lives here: a result is never dropped because the server was briefly
 unreachable. :class:`Delivery` retries retryable failures (tenacity), and when the server stays
-unreachable the result goes to the local :class:`~taskfleet.spool.Spool`, from where
+unreachable the result goes to the local :class:`~taskfleet._spool.Spool`, from where
 :meth:`Delivery.flush` delivers it when the server is back — before the process takes new work.
 
 Worker processes and the supervisor (which reports the tasks of dead processes) use the same code.
@@ -24,10 +24,10 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from . import metrics
-from .sources.base import TaskSource
-from .spool import Spool
-from .task import OutputError, SourceError, Task, TaskResult
+from . import _metrics as metrics
+from ._sources.base import TaskSource
+from ._spool import Spool
+from ._task import OutputError, SourceError, Task, TaskResult
 
 __all__ = ["Delivery"]
 

@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from .task import (
+from ._task import (
     ConfigurationError,
     InputError,
     OutputError,

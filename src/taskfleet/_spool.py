@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _json
-from .task import Task, TaskLog, TaskResult, TaskStatus
+from ._task import Task, TaskLog, TaskResult, TaskStatus
 
 __all__ = ["Spool", "SpooledResult"]
 

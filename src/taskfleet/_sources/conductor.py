@@ -7,7 +7,7 @@ belong to the runner. The only repeats made here are the protocol's own: one tok
 
 ``requests`` blocks, so calls run in a small thread pool owned by the source, each thread with its
 own pooled ``requests.Session`` (sessions are not documented as thread-safe). Every failure
-leaves this module as :class:`~taskfleet.task.SourceError`; messages carry the redacted URL and
+leaves this module as :class:`~taskfleet._task.SourceError`; messages carry the redacted URL and
 the exception class, never credentials or tokens.
 """
 
@@ -25,14 +25,14 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from .. import _json
+from .._config import Configuration, redact_url
+from .._task import OutputError, SourceError, Task, TaskResult, TaskStatus
 from .._threads import LoopThreads
-from ..config import Configuration, redact_url
-from ..task import OutputError, SourceError, Task, TaskResult, TaskStatus
 from .base import PollRequest, TaskSource
 
 __all__ = ["ConductorSource", "task_from_wire"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("taskfleet.conductor")
 
 #: The protocol's ceiling for the long-poll wait, milliseconds (above it the server answers 400).
 MAX_POLL_TIMEOUT_MS = 5000
@@ -46,7 +46,7 @@ T = TypeVar("T")
 
 
 def task_from_wire(data: Mapping[str, Any], task_type: str = "") -> Task:
-    """Map a Conductor Task JSON object to :class:`~taskfleet.task.Task`.
+    """Map a Conductor Task JSON object to :class:`~taskfleet._task.Task`.
 
     Unknown fields are ignored (kept in ``raw``). Raises ValueError when ``taskId`` is missing or
     a counter is not a number.
@@ -84,7 +84,7 @@ class ConductorSource(TaskSource):
         max_workers: threads (and so concurrent HTTP calls) of this source; a long poll holds
             one for up to five seconds, so keep at least two.
 
-    Raises from every call: :class:`~taskfleet.task.SourceError`; ``retryable`` is True for
+    Raises from every call: :class:`~taskfleet._task.SourceError`; ``retryable`` is True for
     connection failures, timeouts, 429 and 5xx, False for other answers (4xx, a server that
     needs credentials that were not configured, a closed source).
     """

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-from .task import TaskfleetError
+from .._task import TaskfleetError
 
 __all__ = ["NatsCluster", "NatsServer", "NatsServerError", "find_nats_server"]
 

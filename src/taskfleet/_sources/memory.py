@@ -1,7 +1,7 @@
 """An in-process task source: the reference implementation of the interface and a test fixture.
 
 Tasks are queued in memory and results collected in memory, in the same process that runs the
-:class:`~taskfleet.runner.Runner`. Used by ``taskfleet local`` (run a worker over a JSON file of
+:class:`~taskfleet._runner.Runner`. Used by ``taskfleet local`` (run a worker over a JSON file of
 tasks, no server), by unit tests of the runner, and by the runner-overhead benchmark. It cannot
 serve a multi-process pool: each process would have its own queue.
 """
@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..task import SourceError, Task, TaskResult, TaskStatus
+from .._task import SourceError, Task, TaskResult, TaskStatus
 from .base import PollRequest, TaskSource
 
 __all__ = ["MemorySource"]

@@ -20,7 +20,7 @@ a record had not started that task (the same window as dying between a poll and 
 announcement). A task whose record would not fit travels over the pipe as before.
 
 Record layout (little-endian): ``u32 seq, u32 length, f64 started (time.monotonic)``, then
-``length`` bytes: the pickled :func:`~taskfleet.control.pack_task` tuple.
+``length`` bytes: the pickled :func:`~taskfleet._control.pack_task` tuple.
 """
 
 from __future__ import annotations

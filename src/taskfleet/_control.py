@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from .task import Task
+from ._task import Task
 
 __all__ = ["ChildStatus", "ControlClient", "pack_task", "unpack_task"]
 

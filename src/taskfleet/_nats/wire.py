@@ -18,7 +18,7 @@ from typing import Any
 
 from .. import _json
 from .._proto.taskfleet.v1 import task_pb2
-from ..task import (
+from .._task import (
     ConfigurationError,
     DecodeError,
     OutputError,

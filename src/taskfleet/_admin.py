@@ -18,11 +18,11 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
-from . import metrics
-from .config import Configuration
+from . import _metrics as metrics
+from ._config import Configuration
 
 if TYPE_CHECKING:
-    from .handler import TaskHandler
+    from ._supervisor import TaskHandler
 
 __all__ = ["AdminServer", "render_metrics"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 
-from .task import Task, TaskfleetError, TaskLog
+from ._task import Task, TaskfleetError, TaskLog
 
 __all__ = ["TaskContext", "add_log", "get_task_context"]
 

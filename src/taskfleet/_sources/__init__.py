@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..task import ConfigurationError
+from .._task import ConfigurationError
 from .base import PollRequest, TaskSource, WorkerBinding
 
 if TYPE_CHECKING:
-    from ..config import Configuration
+    from .._config import Configuration
 
 __all__ = ["PollRequest", "TaskSource", "WorkerBinding", "create_source"]
 

@@ -14,9 +14,9 @@ import logging
 import ssl
 from typing import Any
 
-from ..config import Configuration, redact_url
-from ..task import SourceError
-from .nats_wire import Subjects
+from .._config import Configuration, redact_url
+from .._task import SourceError
+from .wire import Subjects
 
 __all__ = ["connect", "ensure_streams", "error_code"]
 

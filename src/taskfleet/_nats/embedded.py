@@ -34,7 +34,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from .natsserver import NatsServer
+from .server import NatsServer
 
 __all__ = ["EmbeddedNats"]
 

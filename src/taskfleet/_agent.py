@@ -15,11 +15,11 @@ from collections.abc import Coroutine, Sequence
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from . import metrics
-from .delivery import Delivery
-from .sources.base import TaskSource, WorkerBinding
-from .spool import Spool
-from .task import SourceError, Task, TaskResult
+from . import _metrics as metrics
+from ._delivery import Delivery
+from ._sources.base import TaskSource, WorkerBinding
+from ._spool import Spool
+from ._task import SourceError, Task, TaskResult
 
 __all__ = ["SourceAgent"]
 

@@ -26,7 +26,7 @@ Promises (``DESIGN.md``, issue 3):
   has its output published there as a new Task (PubAck awaited, de-duplicated by id) before
   its input is acked.
 
-Every method raises :class:`~taskfleet.task.SourceError` rather than nats-py's exceptions.
+Every method raises :class:`~taskfleet._task.SourceError` rather than nats-py's exceptions.
 """
 
 from __future__ import annotations
@@ -40,19 +40,10 @@ from typing import Any
 
 from nats.errors import NoRespondersError
 
-from .. import metrics
-from ..config import Configuration
-from ..task import (
-    DecodeError,
-    OutputError,
-    SourceError,
-    Task,
-    TaskResult,
-    TaskStatus,
-)
-from .base import PollRequest, TaskSource, WorkerBinding
-from .nats_connect import connect, ensure_streams, error_code
-from .nats_wire import (
+from .. import _metrics as metrics
+from .._config import Configuration
+from .._nats.connect import connect, ensure_streams, error_code
+from .._nats.wire import (
     REASON_HEADER,
     SUBJECT_HEADER,
     Subjects,
@@ -66,6 +57,15 @@ from .nats_wire import (
     task_from_message,
     task_id_of,
 )
+from .._task import (
+    DecodeError,
+    OutputError,
+    SourceError,
+    Task,
+    TaskResult,
+    TaskStatus,
+)
+from .base import PollRequest, TaskSource, WorkerBinding
 
 __all__ = ["NatsSource"]
 
@@ -90,7 +90,7 @@ class NatsSource(TaskSource):
 
     Args:
         config: connection (``NATS_URL``, credentials, TLS) and stream settings. With no URL the
-            machine's shared embedded server is used (:class:`taskfleet.embedded.EmbeddedNats`).
+            machine's shared embedded server is used (:class:`taskfleet._nats.embedded.EmbeddedNats`).
         retry_base, retry_cap: seconds of the nak backoff: ``retry_base * 2**(attempt-1)``,
             at most ``retry_cap``.
         ack_sync: confirm ``+ACK``/``+TERM`` with a request to the server (a "double ack")
@@ -136,7 +136,7 @@ class NatsSource(TaskSource):
             return
         servers = self.config.nats_urls
         if not servers:
-            from ..embedded import EmbeddedNats
+            from .._nats.embedded import EmbeddedNats
 
             lease = EmbeddedNats(self.config.state_path)
             servers = [await asyncio.to_thread(lease.acquire)]

@@ -3,7 +3,7 @@
 The client owns an asyncio loop in a background thread; every public method is a blocking call
 into it, so scripts, web handlers and notebooks need no ``async``. It talks to ``NATS_URL``, or
 — when none is configured — to the machine's shared embedded server
-(:class:`taskfleet.embedded.EmbeddedNats`), starting it if no other process has.
+(:class:`taskfleet._nats.embedded.EmbeddedNats`), starting it if no other process has.
 
 How results are read: per task type, one *ordered consumer* (ephemeral, flow-controlled, recreated
 by nats-py after a gap) on ``<prefix>.results.<type>`` from the start of the results stream. Every
@@ -28,10 +28,10 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from . import _json
-from .config import Configuration
-from .sources.nats_connect import connect, ensure_streams
-from .sources.nats_wire import Subjects, decode_result, encode_task
-from .task import ConfigurationError, DecodeError, SourceError, TaskfleetError, TaskLog, TaskStatus
+from ._config import Configuration
+from ._nats.connect import connect, ensure_streams
+from ._nats.wire import Subjects, decode_result, encode_task
+from ._task import ConfigurationError, DecodeError, SourceError, TaskfleetError, TaskLog, TaskStatus
 
 __all__ = ["ResultTimeout", "TaskClient", "TaskOutcome"]
 
@@ -124,7 +124,7 @@ class TaskClient:
         self._closed = False
         servers = config.nats_urls
         if not servers:
-            from .embedded import EmbeddedNats
+            from ._nats.embedded import EmbeddedNats
 
             self._lease = EmbeddedNats(config.state_path)
             servers = [self._lease.acquire()]

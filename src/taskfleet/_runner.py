@@ -10,8 +10,8 @@ handlers run on the loop, at most ``threads`` at a time. Poll, execute and repor
   2 s, then 10 s once the outage is older than a minute — a dead server costs a few requests a
   minute.
 - **execute** binds input to the handler, turns its return value or exception into a
-  :class:`~taskfleet.task.TaskResult`, and never lets bad input or output kill the process.
-- **report** goes through :class:`~taskfleet.delivery.Delivery` (retries, then the spool); a
+  :class:`~taskfleet._task.TaskResult`, and never lets bad input or output kill the process.
+- **report** goes through :class:`~taskfleet._delivery.Delivery` (retries, then the spool); a
   chained next task from the server runs in the freed slot without a poll.
 
 The supervisor knows every task this process holds — each slot's record in the in-flight ledger
@@ -36,18 +36,18 @@ from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from typing import Any
 
-from . import metrics
+from . import _metrics as metrics
+from ._config import Configuration
+from ._context import TaskContext, task_context
+from ._control import ChildStatus, ControlClient, pack_task
+from ._delivery import Delivery
+from ._ledger import Ledger
+from ._sources.base import PollRequest, TaskSource
+from ._spool import Spool
+from ._task import ConfigurationError, SourceError, Task, TaskResult, TaskStatus
 from ._threads import LoopThreads
-from .config import Configuration
-from .context import TaskContext, task_context
-from .control import ChildStatus, ControlClient, pack_task
-from .delivery import Delivery
+from ._worker import Worker, WorkerOptions, result_from_exception, to_result
 from .hooks import call_hooks
-from .ledger import Ledger
-from .sources.base import PollRequest, TaskSource
-from .spool import Spool
-from .task import ConfigurationError, SourceError, Task, TaskResult, TaskStatus
-from .worker import Worker, WorkerOptions, result_from_exception, to_result
 
 __all__ = ["Backoff", "ChildRecipe", "Runner", "child_main"]
 
@@ -588,8 +588,8 @@ class ChildRecipe:
 
 def child_main(recipe: ChildRecipe) -> None:
     """Body of a worker process (a module-level function, so every start method can run it)."""
-    from .logs import configure_logging, secrets_of
-    from .sources import create_source
+    from ._logs import configure_logging, secrets_of
+    from ._sources import create_source
 
     # The supervisor decides about Ctrl-C for the whole pool; SIGTERM means "drain".
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -638,7 +638,7 @@ def child_main(recipe: ChildRecipe) -> None:
 
 def source_key(config: Configuration) -> str:
     """Identifies the server results belong to, so a spool is never delivered elsewhere."""
-    from .config import redact_url
+    from ._config import redact_url
 
     if config.resolved_source == "conductor":
         return "conductor " + redact_url(config.conductor_server_url)

@@ -34,11 +34,10 @@ from enum import Enum
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from . import metrics
-from ._scratch import ScratchDir
-from .agent import SourceAgent
-from .config import Configuration
-from .control import (
+from . import _metrics as metrics
+from ._agent import SourceAgent
+from ._config import Configuration
+from ._control import (
     HEARTBEAT,
     HELLO,
     LEAVING,
@@ -49,17 +48,18 @@ from .control import (
     ChildStatus,
     unpack_task,
 )
-from .ledger import Ledger, ledger_dir
-from .runner import EXIT_START_FAILED, ChildRecipe, child_main, source_key
-from .sources import create_source
-from .sources.base import WorkerBinding
-from .spool import Spool
-from .task import ConfigurationError, Task, TaskStatus
-from .worker import Worker, WorkerOptions, as_worker, options_from_env
+from ._ledger import Ledger, ledger_dir
+from ._runner import EXIT_START_FAILED, ChildRecipe, child_main, source_key
+from ._scratch import ScratchDir
+from ._sources import create_source
+from ._sources.base import WorkerBinding
+from ._spool import Spool
+from ._task import ConfigurationError, Task, TaskStatus
+from ._worker import Worker, WorkerOptions, as_worker, options_from_env
 
 __all__ = ["TaskHandler"]
 
-log = logging.getLogger("taskfleet.handler")
+log = logging.getLogger("taskfleet.supervisor")
 
 #: How often the monitor wakes when nothing happens (deadlines, leases, restarts).
 TICK = 0.1
@@ -208,9 +208,9 @@ class TaskHandler:
             # Children fork from a server that has already imported the runtime and the source
             # (no threads, no sockets): a restarted process is serving again sooner.
             source = self.config.resolved_source
-            preload = ["taskfleet.runner", "taskfleet.delivery"]
+            preload = ["taskfleet._runner", "taskfleet._delivery"]
             if source in ("conductor", "nats"):
-                preload.append(f"taskfleet.sources.{source}")
+                preload.append(f"taskfleet._sources.{source}")
             self._ctx.set_forkserver_preload(preload)
         self._lock = threading.RLock()
         self._started = False
@@ -264,7 +264,7 @@ class TaskHandler:
         self.started_at = time.monotonic()
         if not logging.getLogger("taskfleet").handlers:
             # Leave an application's own logging set-up alone; otherwise log like the workers.
-            from .logs import configure_logging, secrets_of
+            from ._logs import configure_logging, secrets_of
 
             configure_logging(
                 self.config.log_level, self.config.log_format, secrets=secrets_of(self.config)
@@ -421,7 +421,7 @@ class TaskHandler:
     def _start_source(self) -> None:
         config = self.config
         if config.resolved_source == "nats" and not config.nats_url:
-            from .embedded import EmbeddedNats
+            from ._nats.embedded import EmbeddedNats
 
             self._embedded = EmbeddedNats(config.state_path)
             url = self._embedded.acquire()
@@ -434,7 +434,7 @@ class TaskHandler:
     def _start_http(self) -> None:
         if self.config.metrics_bind is None:
             return
-        from .admin import AdminServer
+        from ._admin import AdminServer
 
         self._http = AdminServer(self, self.config)
         self._http.start()

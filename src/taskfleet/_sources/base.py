@@ -1,12 +1,12 @@
 """The one small interface every task source implements.
 
 A source is created inside the process that uses it (a worker child, or the supervisor) from a
-picklable :class:`~taskfleet.config.Configuration`, never inherited across a fork. All methods are
+picklable :class:`~taskfleet._config.Configuration`, never inherited across a fork. All methods are
 coroutines on that process's event loop; blocking clients (``requests``) run their calls in a
 thread of their own and stay behind this interface, so the runner has one loop for every source.
 
 Errors: transport exceptions never cross this boundary. A failed call raises
-:class:`~taskfleet.task.SourceError` (``retryable`` says whether trying again can help).
+:class:`~taskfleet._task.SourceError` (``retryable`` says whether trying again can help).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..task import Task, TaskResult
+from .._task import Task, TaskResult
 
 __all__ = ["PollRequest", "TaskSource", "WorkerBinding"]
 
