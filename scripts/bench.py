@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""taskfleet side by side with conductor-python 2.0.0 and a raw nats-py loop (issue 8).
+"""taskfleet side by side with conductor-python 2.0.0 and a raw nats-py loop.
 
 Every measurement runs both sides in the same invocation, alternating, and reports the median of
 ``--runs`` and the ratio; the machine is shared, so ratios mean more than absolute numbers.

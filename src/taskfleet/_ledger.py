@@ -4,7 +4,7 @@ The supervisor must know every task a process holds, so that a crash, a hard tim
 drain can report them at once and leases can be extended while a handler holds the GIL. Telling
 it over the control pipe cost a message per poll and per settlement, each waking the supervisor:
 on a busy pool that was a tenth of a worker's CPU and most of the supervisor's (``scripts/bench``,
-issue 3). The ledger replaces those messages with plain memory writes:
+docs/benchmarks.md). The ledger replaces those messages with plain memory writes:
 
 - one fixed-size record per execution slot in a file the supervisor created (on ``/dev/shm``
   when there is one) and both processes map;

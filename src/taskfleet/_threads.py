@@ -2,7 +2,7 @@
 
 ``loop.run_in_executor`` costs one ``concurrent.futures.Future``, a chained asyncio future and
 one self-pipe write per call. Under load that is most of what a sync no-op task costs a worker
-(``scripts/bench``, issue 3). :class:`LoopThreads` is the same idea, cut to what the runner and
+(``scripts/bench``; docs/benchmarks.md). :class:`LoopThreads` is the same idea, cut to what the runner and
 the Conductor source need:
 
 - jobs go to the threads through one ``queue.SimpleQueue``; an idle thread takes the next one;

@@ -110,3 +110,51 @@ def test_the_link_checker_notices_a_broken_link(tmp_path):
         "```md\n[in code](nowhere.md)\n```\n"
     )
     assert relative_links(page) == ["page.md", "missing.md#x"]
+
+
+SRC = ROOT / "src" / "taskfleet"
+
+
+def test_the_code_cites_only_documents_in_the_repository():
+    """Docstrings point at docs/ pages; nothing cites design notes that are not shipped, or a
+    tracker's issue numbers."""
+    outside = re.compile(r"DESIGN\.md|CONDUCTOR_PROTOCOL\.md|NATS_NOTES\.md|STYLE\.md|\bissue \d+")
+    offenders = []
+    for path in [
+        *SRC.rglob("*.py"),
+        *(ROOT / "scripts").iterdir(),
+        *(ROOT / "tests").rglob("*.py"),
+    ]:
+        if path.is_file() and "_proto" not in path.parts:
+            for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+                if outside.search(line) and path.name != "test_docs.py":
+                    offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    cited = set(
+        re.findall(r"docs/([\w-]+\.md)", "\n".join(p.read_text() for p in SRC.rglob("*.py")))
+    )
+    missing = sorted(page for page in cited if not (DOCS / page).exists())
+    assert not offenders and not missing, (offenders, missing)
+
+
+def test_the_architecture_page_lists_every_private_module_and_no_other():
+    """docs/architecture.md's module table is the map of the package: kept true to the tree."""
+    table = (DOCS / "architecture.md").read_text().split("## Modules", 1)[1]
+    named = set()
+    for cell in re.findall(r"^\| ([^|]+) \|", table, re.MULTILINE):
+        named.update(re.findall(r"`(_[\w/]+?)(?:\.py)?`", cell))
+    modules = {p.stem for p in SRC.glob("_*.py") if p.stem != "__init__" and p.stem != "__main__"}
+    packages = {
+        p.name + "/"
+        for p in SRC.glob("_*")
+        if p.is_dir() and p.name not in ("_proto", "__pycache__")
+    }
+    named_modules = {n for n in named if not n.endswith("/")}
+    named_packages = {n for n in named if n.endswith("/")}
+    assert named_modules == modules, (
+        sorted(modules - named_modules),
+        sorted(named_modules - modules),
+    )
+    assert named_packages == packages, (
+        sorted(packages - named_packages),
+        sorted(named_packages - packages),
+    )

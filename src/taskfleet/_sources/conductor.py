@@ -1,6 +1,6 @@
 """The Conductor task source: the handful of task-API calls a worker makes, over ``requests``.
 
-The wire contract is ``CONDUCTOR_PROTOCOL.md``. Each call is one attempt: retries and backoff
+The wire contract is ``docs/conductor-protocol.md``. Each call is one attempt: retries and backoff
 belong to the runner. The only repeats made here are the protocol's own: one token refresh on
 ``EXPIRED_TOKEN`` / ``INVALID_TOKEN``, and the one-time fallback from ``update-v2`` to
 ``POST /tasks`` on servers that lack it (remembered per server URL for the process).

@@ -1,6 +1,6 @@
 """NATS JetStream task source: one durable pull consumer per task type, protobuf on the wire.
 
-Promises (``DESIGN.md``, issue 3):
+Promises (``docs/reliability.md``, ``docs/sources.md``):
 
 - **Ack after result.** A result is published to ``<prefix>.results.<type>`` with
   ``Nats-Msg-Id = "<task id>:<attempt>"`` and its PubAck awaited *before* the task is acked, so a

@@ -9,7 +9,7 @@ For taskfleet's own tests and for users testing their workers without a Conducto
         assert server.wait_all_terminal([task_id], timeout=10)
         assert server.job(task_id).status == "COMPLETED"
 
-It speaks the wire contract of ``CONDUCTOR_PROTOCOL.md`` (batch poll with long-poll,
+It speaks the wire contract of ``docs/conductor-protocol.md`` (batch poll with long-poll,
 ``update-v2`` with chaining, ``POST /tasks`` with lease extension, logs, queue sizes, Orkes-style
 ``POST /token`` auth) and adds fault injection: refused connections, 5xx answers, injected
 errors, delays and expired tokens. The task lifecycle lives in :mod:`._conductor_store`.
