@@ -159,19 +159,33 @@ def test_a_wedged_process_is_killed_and_its_task_reported(server, tmp_path):
 
 
 def test_results_are_spooled_while_the_server_is_down_and_delivered_when_it_returns(
-    server, tmp_path, monkeypatch
+    server, tmp_path
 ):
-    ids = server.enqueue_many("whoami", [{} for _ in range(3)])
+    # Tasks that finish during the outage outlast their retries and must reach the spool (the
+    # outage lasts until the pool's own metrics say so), then be delivered once it is back.
+    ids = server.enqueue_many("sleeper", [{"seconds": 0.8} for _ in range(4)])
     cfg = conductor_config(server, tmp_path / "state", metrics_address="127.0.0.1:0")
-    with TaskHandler([whoami], cfg, install_signal_handlers=False) as h:
+    with TaskHandler(
+        [sleeper.with_options(time_limit=None)], cfg, install_signal_handlers=False
+    ) as h:
         h.start_processes()
-        assert server.wait_for(ids, timeout=20)
+        assert server.wait_for(lambda: server.job(ids[0]).status == "IN_PROGRESS", timeout=20)
         server.go_down("503")
-        more = server.enqueue_many("whoami", [{} for _ in range(3)])
-        time.sleep(1.0)
+
+        def spooled() -> float:
+            return metric_total(
+                http_get(h.metrics_url + "/metrics")[1],
+                "taskfleet_results_spooled_total",
+                taskType="sleeper",
+            )
+
+        wait_until(lambda: spooled() >= 1, timeout=60, what="a result in the spool")
+        in_spool = spooled()
+        assert not any(server.job(i).status == "COMPLETED" for i in ids)
         server.go_up()
-        assert server.wait_for(more, timeout=60)
-    assert all(server.job(i).status == "COMPLETED" for i in ids + more)
+        assert server.wait_for(ids, timeout=60)
+    assert all(server.job(i).status == "COMPLETED" for i in ids)
+    assert in_spool >= 1
 
 
 def test_drain_finishes_in_flight_tasks_and_hands_back_what_cannot_finish(server, tmp_path):
