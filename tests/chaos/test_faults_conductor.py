@@ -94,26 +94,26 @@ def test_a_30s_outage_spools_results_and_survives_the_pool_killed_meanwhile(tmp_
         first = server.enqueue_many("chaos_work", [{"n": i} for i in range(200)])
         cfg = conductor_config(server, state)
         worker = chaos_work.with_options(processes=2)
-        h1 = TaskHandler([worker], cfg, install_signal_handlers=False)
-        h1.start_processes()
-        assert server.wait_for(
-            lambda: sum(server.job(i).status == "IN_PROGRESS" for i in first) > 0, timeout=30
-        )
-        server.go_down("refuse")
-        down_at = time.monotonic()
-        requests_before = server.request_count()
-        time.sleep(12)
-        server.go_up()
-        server.go_down("503")  # the server answers again, but only errors
-        time.sleep(18)
-        outage = time.monotonic() - down_at
-        errors_seen = server.request_count() - requests_before
-        # kill -9 the whole pool while results sit in the spool
-        pids = [w["pid"] for w in h1.workers_status() if w["pid"]]
-        for pid in pids:
-            os.kill(pid, signal.SIGKILL)
-        h1.request_stop(immediately=True)
-        h1.join_processes(30)
+        with TaskHandler([worker], cfg, install_signal_handlers=False) as h1:
+            h1.start_processes()
+            assert server.wait_for(
+                lambda: sum(server.job(i).status == "IN_PROGRESS" for i in first) > 0, timeout=30
+            )
+            server.go_down("refuse")
+            down_at = time.monotonic()
+            requests_before = server.request_count()
+            time.sleep(12)
+            server.go_up()
+            server.go_down("503")  # the server answers again, but only errors
+            time.sleep(18)
+            outage = time.monotonic() - down_at
+            errors_seen = server.request_count() - requests_before
+            # kill -9 the whole pool while results sit in the spool
+            pids = [w["pid"] for w in h1.workers_status() if w["pid"]]
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+            h1.request_stop(immediately=True)
+            h1.join_processes(30)
         from taskfleet._runner import source_key
         from taskfleet._spool import Spool
 
