@@ -3,9 +3,8 @@
 Every PromQL expression is scanned for the series it selects and the labels it uses; each series
 must be one that metrics.py exports (counters as ``<name>_total``, histograms as ``_bucket``,
 ``_sum`` and ``_count``), and each label one defined for it, so renaming a metric or a label
-breaks this test instead of a production dashboard. PyYAML is not a dependency, so the YAML files
-are read by a small loader for the subset they are written in (cross-checked against PyYAML when
-it is installed); ``promtool`` checks them too when it is on PATH.
+breaks this test instead of a production dashboard. The YAML files are read with PyYAML (a dev
+dependency); ``promtool`` checks them too when it is on PATH.
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from taskfleet._metrics import DEFINITIONS
 
@@ -213,96 +213,8 @@ def labels_of_result(expr: str) -> set[str]:
     return set().union(*(SERIES.get(name, set()) for name in result.series))
 
 
-# -- a loader for the YAML subset the files are written in ---------------------------------------
-
-
-class _SubsetYaml:
-    """Block mappings and lists, plain / quoted scalars, ``|`` and ``>`` block scalars."""
-
-    _MAP_ENTRY = re.compile(r"^[A-Za-z_][\w.-]*:(?:\s|$)")
-
-    def __init__(self, text: str) -> None:
-        self.lines = text.splitlines()
-        self.i = 0
-
-    def load(self) -> Any:
-        return self._node(self._peek()[0]) if self._peek() else None
-
-    def _peek(self) -> tuple[int, str] | None:
-        while self.i < len(self.lines):
-            stripped = self.lines[self.i].strip()
-            if stripped and not stripped.startswith("#"):
-                line = self.lines[self.i]
-                return len(line) - len(line.lstrip(" ")), stripped
-            self.i += 1
-        return None
-
-    def _node(self, indent: int) -> Any:
-        peeked = self._peek()
-        assert peeked is not None
-        return self._list(indent) if peeked[1].startswith("-") else self._map(indent)
-
-    def _map(self, indent: int) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        while (peeked := self._peek()) and peeked[0] == indent and not peeked[1].startswith("- "):
-            assert self._MAP_ENTRY.match(peeked[1]), f"line {self.i + 1}: not a mapping entry"
-            key, _, rest = peeked[1].partition(":")
-            assert key not in out, f"line {self.i + 1}: duplicate key {key!r}"
-            self.i += 1
-            out[key] = self._value(rest.strip(), indent)
-        assert not peeked or peeked[0] <= indent, f"line {self.i + 1}: unexpected indentation"
-        return out
-
-    def _list(self, indent: int) -> list[Any]:
-        out: list[Any] = []
-        while (peeked := self._peek()) and peeked[0] == indent and peeked[1].startswith("-"):
-            rest = peeked[1][1:].strip()
-            if self._MAP_ENTRY.match(rest):
-                # "- key: value" opens a mapping indented past the dash.
-                self.lines[self.i] = " " * (indent + 2) + rest
-                out.append(self._map(indent + 2))
-            else:
-                self.i += 1
-                out.append(self._scalar(rest))
-        return out
-
-    def _value(self, rest: str, indent: int) -> Any:
-        if rest in ("|", "|-", ">", ">-"):
-            return self._block_scalar(rest, indent)
-        if rest:
-            return self._scalar(rest)
-        peeked = self._peek()
-        if peeked and (peeked[0] > indent or (peeked[0] == indent and peeked[1].startswith("- "))):
-            return self._node(peeked[0])
-        return None
-
-    def _block_scalar(self, style: str, indent: int) -> str:
-        body: list[str] = []
-        while self.i < len(self.lines):
-            line = self.lines[self.i]
-            if line.strip() and len(line) - len(line.lstrip(" ")) <= indent:
-                break
-            body.append(line)
-            self.i += 1
-        while body and not body[-1].strip():
-            body.pop()
-        margin = min(len(line) - len(line.lstrip(" ")) for line in body if line.strip())
-        lines = [line[margin:] for line in body]
-        text = "\n".join(lines) if style[0] == "|" else " ".join(line.strip() for line in lines)
-        return text if style.endswith("-") else text + "\n"
-
-    @staticmethod
-    def _scalar(text: str) -> Any:
-        if text.startswith('"'):
-            return json.loads(text)
-        if text.startswith("'"):
-            assert text.endswith("'"), f"unterminated quoted scalar {text!r}"
-            return text[1:-1].replace("''", "'")
-        return text.split(" #", 1)[0].strip()
-
-
 def load_yaml(path: Path) -> Any:
-    return _SubsetYaml(path.read_text()).load()
+    return yaml.safe_load(path.read_text())
 
 
 # -- the assets ----------------------------------------------------------------------------------
@@ -354,19 +266,6 @@ def test_the_scanner_finds_series_matchers_and_grouping_labels():
 )
 def test_the_scanner_reports_unknown_series_and_labels(expr, problem):
     assert any(problem in p for p in problems(expr)), problems(expr)
-
-
-def test_the_yaml_subset_loader_reads_nested_lists_maps_and_block_scalars():
-    text = (
-        "# comment\n"
-        "a:\n  - name: x\n    rules:\n      - expr: |\n          sum(a)\n          / 2\n"
-        '        for: 5m\n  - "quoted: yes"\nb: >-\n  folded\n  text\nc: plain # trailing\n'
-    )
-    assert _SubsetYaml(text).load() == {
-        "a": [{"name": "x", "rules": [{"expr": "sum(a)\n/ 2\n", "for": "5m"}]}, "quoted: yes"],
-        "b": "folded text",
-        "c": "plain",
-    }
 
 
 # -- the dashboard ---------------------------------------------------------------------------
@@ -482,12 +381,6 @@ def test_the_scrape_config_targets_the_default_metrics_address_and_loads_the_rul
     assert job["static_configs"][0]["targets"] == ["127.0.0.1:9464"]
     assert config["rule_files"] == ["alerts.yml"]
     assert "authorization:" in (ASSETS / "prometheus.yml").read_text()  # documented, commented
-
-
-@pytest.mark.parametrize("name", ["alerts.yml", "prometheus.yml"])
-def test_the_yaml_files_mean_the_same_to_pyyaml(name):
-    yaml = pytest.importorskip("yaml", reason="PyYAML is not installed")
-    assert load_yaml(ASSETS / name) == yaml.safe_load((ASSETS / name).read_text())
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not on PATH")
