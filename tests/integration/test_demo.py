@@ -27,6 +27,15 @@ def test_demo_runs_every_worker_type_and_every_result_checks_out(tmp_path, nativ
         env=env,
         cwd=ROOT,
     )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    log = tmp_path / "state" / "pool.log"
+    assert proc.returncode == 0, (
+        proc.stdout + proc.stderr + (log.read_text() if log.exists() else "")
+    )
     assert "every result checked: OK" in proc.stdout
     assert "native_checksum" in proc.stdout and "cannot divide by zero" in proc.stdout
+    # The console tells the story; the pool's log lines (every process's) are in the file it names.
+    assert f"the pool's log: {log}" in proc.stdout
+    assert "results: " in proc.stdout
+    assert " INFO " not in proc.stdout + proc.stderr, proc.stderr
+    text = log.read_text()
+    assert "worker process(es) for divide, fetch_length, greet" in text and "pool stopped" in text
