@@ -18,7 +18,6 @@ the one of a user module that raised while being imported, because that is the u
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import importlib
 import json
@@ -37,6 +36,7 @@ from typing import IO, Any, NoReturn
 
 from . import __version__
 from ._config import Configuration
+from ._local import LocalTask
 from ._task import ConfigurationError, SourceError, TaskfleetError, TaskStatus
 from ._worker import Worker, WorkerInterface, as_worker
 
@@ -340,15 +340,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class LocalTask:
-    """One entry of a tasks file."""
-
-    task_id: str
-    task_type: str
-    input: dict[str, Any]
-
-
 def _load_json_file(path: str) -> Any:
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -392,77 +383,27 @@ def read_tasks(path: str, workers: Sequence[Worker]) -> list[LocalTask]:
     return [_local_task(path, i, entry, by_type) for i, entry in enumerate(data)]
 
 
-async def _run_runners(runners: Sequence[Any], done: Callable[[], bool]) -> None:
-    async def watch() -> None:
-        while not done():
-            await asyncio.sleep(0.01)
-        for runner in runners:
-            runner.request_stop("all tasks done")
-
-    watcher = asyncio.create_task(watch())
-    try:
-        await asyncio.gather(*(runner.run() for runner in runners))
-    finally:
-        watcher.cancel()
-
-
-def run_local(
-    workers: Sequence[Worker], tasks: Sequence[LocalTask], *, max_attempts: int = 1
-) -> dict[str, Any]:
-    """Run ``tasks`` through the real worker code in this process (a MemorySource, one runner
-    per task type on one event loop); return each task's final TaskResult by task id."""
-    from ._runner import Runner
-    from ._sources.memory import MemorySource
-
-    source = MemorySource(max_attempts=max_attempts)
-    for task in tasks:
-        source.add(task.task_type, task.input, task_id=task.task_id)
-    used = {t.task_type for t in tasks}
-    runners = [
-        # No long-poll: an idle runner must notice "all done" at once.
-        Runner(w, source, options=dataclasses.replace(w.options, poll_timeout=0))
-        for w in workers
-        if w.task_type in used
-    ]
-
-    def settled(task_id: str) -> bool:
-        results = source.results.get(task_id, [])
-        if not results or results[-1].status is TaskStatus.IN_PROGRESS:
-            return False
-        # A retryable failure is queued again by the source until its attempts are spent.
-        failures = sum(r.status is TaskStatus.FAILED for r in results)
-        return results[-1].status is not TaskStatus.FAILED or failures >= max_attempts
-
-    def done() -> bool:
-        return all(settled(t.task_id) for t in tasks)
-
-    if runners:
-        asyncio.run(_run_runners(runners, done))
-    return {t.task_id: source.final(t.task_id) for t in tasks}
-
-
 def cmd_local(args: argparse.Namespace) -> int:
-    """Run a tasks file through the workers in-process; exit 1 when any task failed."""
+    """Run a tasks file through the workers, no server; exit 1 when any task failed.
+
+    Each outcome is printed as it is final. A handler that crashes its process (a segfault in
+    native code) fails the tasks it was running, naming the signal; the others go on.
+    """
+    from ._local import LocalOutcome, run_local
     from ._logs import configure_logging
 
     configure_logging(args.log_level, "text")
     workers = load_all_workers([args.module])
     tasks = read_tasks(args.tasks, workers)
-    results = run_local(workers, tasks, max_attempts=args.max_attempts)
-    failed = 0
-    for task in tasks:
-        result = results[task.task_id]
-        failed += result.status.is_failure
-        print(
-            result_line(
-                task.task_id,
-                task.task_type,
-                result.status,
-                result.output_data,
-                result.reason_for_incompletion,
-            ),
-            flush=True,
+
+    def show(outcome: LocalOutcome) -> None:
+        line = result_line(
+            outcome.task_id, outcome.task_type, outcome.status, outcome.output, outcome.reason
         )
+        print(line, flush=True)
+
+    outcomes = run_local(workers, tasks, max_attempts=args.max_attempts, on_outcome=show)
+    failed = sum(o.status.is_failure for o in outcomes.values())
     print(f"{len(tasks)} task(s): {len(tasks) - failed} completed, {failed} failed")
     return EXIT_TASKS_FAILED if failed else EXIT_OK
 

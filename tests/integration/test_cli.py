@@ -105,9 +105,10 @@ def test_local_runs_the_quickstart_tasks_and_all_complete():
     done = taskfleet("local", EXAMPLE, "--tasks", TASKS)
     assert done.returncode == cli.EXIT_OK, done.stdout + done.stderr
     lines = done.stdout.strip().splitlines()
-    assert lines[0] == 'task-1  greet  COMPLETED  {"greeting":"Hello, Ada!"}'
-    assert "task-3  fetch_length  COMPLETED  " in lines[2]  # the async worker
-    assert lines[-1] == "4 task(s): 4 completed, 0 failed"
+    # One line per task as it finishes (worker types run side by side), then the summary.
+    assert 'task-1  greet  COMPLETED  {"greeting":"Hello, Ada!"}' in lines
+    assert any(line.startswith("task-3  fetch_length  COMPLETED  ") for line in lines)  # async
+    assert len(lines) == 5 and lines[-1] == "4 task(s): 4 completed, 0 failed"
 
 
 def test_local_accepts_a_file_path_and_an_attribute(tmp_path):
@@ -144,6 +145,32 @@ def test_local_retries_a_failing_task_up_to_max_attempts(tmp_path):
     done = taskfleet("local", "flaky_mod", "--tasks", "t.json", "--max-attempts", "2", cwd=tmp_path)
     assert done.returncode == cli.EXIT_TASKS_FAILED
     assert "flaky  FAILED  RuntimeError: attempt 2 failed" in done.stdout
+
+
+def test_local_a_segfault_in_native_code_fails_that_task_naming_the_signal_and_the_rest_run(
+    tmp_path, native_libs
+):
+    (tmp_path / "crashing_mod.py").write_text(
+        "from examples.native.workers import segfault\n"
+        "from taskfleet import worker_task\n"
+        "@worker_task('maybe_crash')\n"
+        "def maybe_crash(n: int, crash: bool = False) -> dict:\n"
+        "    if crash:\n"
+        "        segfault()\n"
+        "    return {'n': n}\n"
+    )
+    tasks = [{"input": {"n": n, "crash": n == 3}} for n in range(1, 7)]
+    (tmp_path / "t.json").write_text(json.dumps(tasks))
+    done = taskfleet(
+        "local", str(tmp_path / "crashing_mod.py"), "--tasks", str(tmp_path / "t.json")
+    )
+    assert done.returncode == cli.EXIT_TASKS_FAILED, done.stdout + done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert "task-3  maybe_crash  FAILED  worker process killed by SIGSEGV" in lines
+    for n in (1, 2, 4, 5, 6):
+        assert f'task-{n}  maybe_crash  COMPLETED  {{"n":{n}}}' in lines
+    assert lines[-1] == "6 task(s): 5 completed, 1 failed"
+    assert "Segmentation fault" not in done.stderr
 
 
 def test_local_bad_json_names_the_file_and_position(tmp_path):

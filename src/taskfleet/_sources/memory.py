@@ -42,6 +42,7 @@ class MemorySource(TaskSource):
         self._cond: asyncio.Condition | None = None
         # Retries are re-queued from slim copies; keep each task's input to restore it.
         self._inputs: dict[str, Mapping[str, Any]] = {}
+        self._attempts: dict[str, int] = {}  # per-task max_attempts given to add()
 
     def _condition(self) -> asyncio.Condition:
         if self._cond is None:
@@ -49,9 +50,17 @@ class MemorySource(TaskSource):
         return self._cond
 
     def add(
-        self, task_type: str, input_data: Mapping[str, Any] | None = None, **fields: Any
+        self,
+        task_type: str,
+        input_data: Mapping[str, Any] | None = None,
+        *,
+        max_attempts: int | None = None,
+        **fields: Any,
     ) -> Task:
-        """Queue a task (callable before the loop runs, or from the loop's thread)."""
+        """Queue a task (callable before the loop runs, or from the loop's thread).
+
+        ``max_attempts`` overrides the source's for this task.
+        """
         task = Task(
             task_id=fields.pop("task_id", None) or f"task-{next(self._ids)}",
             task_type=task_type,
@@ -59,6 +68,8 @@ class MemorySource(TaskSource):
             **fields,
         )
         self._inputs[task.task_id] = task.input_data
+        if max_attempts is not None:
+            self._attempts[task.task_id] = max_attempts
         self._queues.setdefault(task_type, deque()).append(task)
         if self._cond is not None:
             asyncio.get_running_loop().create_task(self._notify())
@@ -102,7 +113,8 @@ class MemorySource(TaskSource):
             raise SourceError("memory source: injected report failure")
         self.results.setdefault(task.task_id, []).append(result)
         retry = result.status is TaskStatus.IN_PROGRESS or (
-            result.status is TaskStatus.FAILED and task.attempt < self.max_attempts
+            result.status is TaskStatus.FAILED
+            and task.attempt < self._attempts.get(task.task_id, self.max_attempts)
         )
         if retry:
             self._queues.setdefault(task.task_type, deque()).append(
