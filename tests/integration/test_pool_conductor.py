@@ -88,7 +88,10 @@ def test_pool_completes_every_task_once_and_one_scrape_sums_all_processes(server
 
 
 def test_a_segfault_fails_exactly_that_task_at_once_naming_the_signal(server, tmp_path):
-    server.register_task_def("crashy", retry_count=0)
+    # A short response timeout bounds the known window (docs/reliability.md): the other slot may
+    # be waiting for an answer that hands it a task when the process dies; that task was never
+    # recorded, so only the server's clock can bring it back.
+    server.register_task_def("crashy", retry_count=0, response_timeout_seconds=3)
     before = server.enqueue_many("crashy", [{"x": i} for i in range(5)])
     bomb = server.enqueue("crashy", {"x": -1, "crash": True})
     after = server.enqueue_many("crashy", [{"x": i} for i in range(5, 20)])
@@ -98,16 +101,17 @@ def test_a_segfault_fails_exactly_that_task_at_once_naming_the_signal(server, tm
         assert server.wait_for([*before, bomb, *after], timeout=60)
         status = h.workers_status()[0]
     crashed = server.job(bomb)
+    # Reported by the supervisor, not timed out by the server (that would be TIMED_OUT).
     assert crashed.status == "FAILED"
     assert "SIGSEGV" in (crashed.reason or "")
-    # The server's response timeout (an hour) did not have to pass: the supervisor reported it.
-    assert crashed.history[-1].at - crashed.history[0].at < 60_000
     others = [server.job(i) for i in [*before, *after]]
-    # A task sharing the dead process was reported FAILED too and retried by the server? No:
-    # retry_count=0 here, so count those separately; every other task completed.
-    lost = [j for j in others if j.status != "COMPLETED"]
-    assert all("SIGSEGV" in (j.reason or "") for j in lost)
-    assert len(lost) <= 1  # threads=2: at most the one task running beside the bomb
+    # retry_count=0, so a task that shared the dead process stays failed: count those.
+    reported = [j for j in others if j.status == "FAILED"]
+    assert all("SIGSEGV" in (j.reason or "") for j in reported)
+    assert len(reported) <= 1  # threads=2: at most the one task running beside the bomb
+    in_window = [j for j in others if j.status == "TIMED_OUT"]
+    assert len(in_window) <= 1  # at most one answer was on its way to the other slot
+    assert all(j.status == "COMPLETED" for j in others if j not in reported + in_window)
     assert status["restarts"] >= 1 and "SIGSEGV" in status["last_exit"]
 
 
