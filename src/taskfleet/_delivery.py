@@ -1,4 +1,4 @@
-"""Result delivery: retry with jittered exponential backoff, then the durable spool.
+"""Result delivery: retries with jittered exponential backoff, then the durable spool.
 
 Promise 2 of the design lives here: a result is never dropped because the server was briefly
 unreachable. :class:`Delivery` retries retryable failures (tenacity), and when the server stays
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Callable
 
@@ -21,10 +20,10 @@ from tenacity import (
     retry_if_exception,
     stop_after_attempt,
     stop_after_delay,
-    wait_random_exponential,
 )
 
 from . import _metrics as metrics
+from ._backoff import Backoff
 from ._sources.base import TaskSource
 from ._spool import Spool
 from ._task import OutputError, SourceError, Task, TaskResult
@@ -36,6 +35,8 @@ log = logging.getLogger("taskfleet.delivery")
 #: Attempts and total time spent on one result before it goes to the spool.
 REPORT_ATTEMPTS = 5
 REPORT_MAX_SECONDS = 20.0
+#: Seconds of the first retry's wait (full jitter), doubled per attempt up to ``wait_max``.
+RETRY_BASE = 0.1
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -100,15 +101,15 @@ class Delivery:
             if not exc.retryable or self._attempts <= 1:
                 raise
         started = time.monotonic()
-        wait = wait_random_exponential(multiplier=0.1, max=self._wait_max)
+        wait = Backoff(RETRY_BASE, self._wait_max, jitter=1.0)
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._attempts - 1)
-            | stop_after_delay(max(self._max_seconds - 0.1, 0.0)),
+            | stop_after_delay(max(self._max_seconds - RETRY_BASE, 0.0)),
             wait=wait,
             retry=retry_if_exception(_retryable),
             reraise=True,
         )
-        await asyncio.sleep(random.uniform(0.0, 0.1))  # the first retry's wait, jittered
+        await asyncio.sleep(wait.delay(1))  # the first retry's wait
         async for attempt in retrying:
             with attempt:
                 return await self._report_once(task, result, chain)

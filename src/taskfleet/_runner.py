@@ -8,7 +8,7 @@ handlers run on the loop, at most ``threads`` at a time. Poll, execute and repor
   tasks waits up to ``POLL_LINGER`` for more, so short tasks come several per poll); an empty
   answer backs off exponentially (with jitter) up to ``poll_interval``, an error backs off up to
   2 s, then 10 s once the outage is older than a minute — a dead server costs a few requests a
-  minute.
+  minute (:class:`~taskfleet._backoff.Backoff`).
 - **execute** binds input to the handler, turns its return value or exception into a
   :class:`~taskfleet._task.TaskResult`, and never lets bad input or output kill the process.
 - **report** goes through :class:`~taskfleet._delivery.Delivery` (retries, then the spool); a
@@ -26,7 +26,6 @@ import contextvars
 import logging
 import math
 import os
-import random
 import resource
 import signal
 import sys
@@ -37,6 +36,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from . import _metrics as metrics
+from ._backoff import Backoff
 from ._config import Configuration
 from ._context import TaskContext, task_context
 from ._control import ChildStatus, ControlClient, pack_task
@@ -49,7 +49,7 @@ from ._threads import LoopThreads
 from ._worker import Worker, WorkerOptions, result_from_exception, to_result
 from .hooks import call_hooks
 
-__all__ = ["Backoff", "ChildRecipe", "Runner", "child_main"]
+__all__ = ["ChildRecipe", "Runner", "child_main"]
 
 log = logging.getLogger("taskfleet.runner")
 
@@ -60,35 +60,6 @@ POLL_LINGER = 0.002
 #: Exit codes of a worker process (the supervisor reads them).
 EXIT_OK = 0
 EXIT_START_FAILED = 3
-
-
-class Backoff:
-    """Exponential backoff with full jitter: ``next()`` returns a delay in [base, cap]-ish range.
-
-    The cap can change while backing off (errors: 2 s at first, 10 s once an outage is long).
-    """
-
-    def __init__(self, base: float, cap: float, jitter: float = 0.5) -> None:
-        self.base = base
-        self.cap = cap
-        self.jitter = jitter  # each delay is drawn from [ceiling * (1 - jitter), ceiling]
-        self.failures = 0
-        self.since: float | None = None
-
-    def next(self) -> float:
-        if self.since is None:
-            self.since = time.monotonic()
-        self.failures += 1
-        ceiling = min(self.cap, self.base * (2 ** min(self.failures - 1, 30)))
-        return random.uniform(ceiling * (1.0 - self.jitter), ceiling)
-
-    def reset(self) -> None:
-        self.failures = 0
-        self.since = None
-
-    @property
-    def elapsed(self) -> float:
-        return 0.0 if self.since is None else time.monotonic() - self.since
 
 
 @dataclass
@@ -224,7 +195,7 @@ class Runner:
         assert self._delivery is not None
         # Idle: from 1 ms up to poll_interval, little jitter so the interval is what was asked.
         empty = Backoff(0.001, max(self.options.poll_interval, 1) / 1000.0, jitter=0.2)
-        errors = Backoff(0.1, 2.0)
+        errors = Backoff(0.1, 2.0, jitter=0.5)
         m = metrics.get()
         linger_until = 0.0
         while not self._stopping:

@@ -36,6 +36,7 @@ from typing import Any
 
 from . import _metrics as metrics
 from ._agent import SourceAgent
+from ._backoff import restart_delay
 from ._config import Configuration
 from ._control import (
     HEARTBEAT,
@@ -678,11 +679,7 @@ class TaskHandler:
             child.crashes_in_a_row = 1
         else:
             child.crashes_in_a_row += 1
-        delay = 0.0
-        if child.crashes_in_a_row > 1:
-            delay = min(
-                self.config.restart_backoff_max, 0.25 * 2 ** min(child.crashes_in_a_row - 2, 16)
-            )
+        delay = restart_delay(child.crashes_in_a_row, self.config.restart_backoff_max)
         child.restarts += 1
         child.state = State.WAITING
         child.restart_at = now + delay

@@ -10,7 +10,7 @@ from typing import ClassVar
 
 from taskfleet import NonRetryableError, Task, TaskInProgress, TaskStatus, add_log, worker_task
 from taskfleet._delivery import Delivery
-from taskfleet._runner import Backoff, Runner, run_inline
+from taskfleet._runner import Runner, run_inline
 from taskfleet._sources.memory import MemorySource
 from taskfleet._spool import Spool
 
@@ -213,16 +213,6 @@ def test_poll_errors_back_off_and_polling_recovers():
     run_inline(add, source, max_tasks=1)
     assert source.final(t.task_id).status is TaskStatus.COMPLETED
     assert source.polls >= 4
-
-
-def test_backoff_grows_exponentially_with_jitter_up_to_the_cap():
-    b = Backoff(0.1, 2.0)
-    delays = [b.next() for _ in range(8)]
-    assert 0.05 <= delays[0] <= 0.1
-    assert 0.1 <= delays[2] <= 0.4
-    assert all(d <= 2.0 for d in delays) and delays[-1] >= 1.0
-    b.reset()
-    assert b.next() <= 0.1
 
 
 def test_a_result_that_cannot_be_delivered_goes_to_the_spool_and_is_delivered_later(

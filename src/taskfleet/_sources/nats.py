@@ -41,6 +41,7 @@ from typing import Any
 from nats.errors import NoRespondersError
 
 from .. import _metrics as metrics
+from .._backoff import Backoff
 from .._config import Configuration
 from .._nats.connect import connect, ensure_streams, error_code
 from .._nats.wire import (
@@ -111,8 +112,7 @@ class NatsSource(TaskSource):
     ) -> None:
         self.config = config
         self.subjects = Subjects(config.nats_prefix)
-        self.retry_base = retry_base
-        self.retry_cap = retry_cap
+        self._retry = Backoff(retry_base, retry_cap)
         self.ack_sync = ack_sync
         self.client_name = client_name
         self._nc: Any = None
@@ -392,7 +392,7 @@ class NatsSource(TaskSource):
         elif status is TaskStatus.FAILED and left:
             delay = result.retry_after
             if delay is None:
-                delay = min(self.retry_base * 2 ** max(task.attempt - 1, 0), self.retry_cap)
+                delay = self._retry.delay(task.attempt)
             await self._settle(task.handle, nak_payload(delay))
             return None
         else:
