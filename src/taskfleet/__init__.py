@@ -7,22 +7,18 @@ from typing import TYPE_CHECKING
 
 from ._config import Configuration
 from ._context import TaskContext, add_log, get_task_context
-from ._supervisor import TaskHandler
-from ._task import (
+from ._errors import (
     ConfigurationError,
     DecodeError,
     InputError,
     NonRetryableError,
     OutputError,
     SourceError,
-    Task,
     TaskError,
     TaskfleetError,
-    TaskInProgress,
-    TaskLog,
-    TaskResult,
-    TaskStatus,
 )
+from ._supervisor import TaskHandler
+from ._task import Task, TaskInProgress, TaskLog, TaskResult, TaskStatus
 from ._worker import Worker, WorkerInterface, WorkerOptions, worker_task
 
 __version__ = "0.1.0"

@@ -17,9 +17,10 @@ from typing import Any, TypeVar
 
 from . import _metrics as metrics
 from ._delivery import Delivery
+from ._errors import SourceError
 from ._sources.base import TaskSource, WorkerBinding
 from ._spool import Spool
-from ._task import SourceError, Task, TaskResult
+from ._task import Task, TaskResult
 
 __all__ = ["SourceAgent"]
 

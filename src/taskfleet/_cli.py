@@ -36,8 +36,9 @@ from typing import IO, Any, NoReturn
 
 from . import __version__
 from ._config import Configuration
+from ._errors import ConfigurationError, SourceError, TaskfleetError
 from ._local import LocalTask
-from ._task import ConfigurationError, SourceError, TaskfleetError, TaskStatus
+from ._task import TaskStatus
 from ._worker import Worker, WorkerInterface, as_worker
 
 __all__ = [

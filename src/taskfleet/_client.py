@@ -29,9 +29,10 @@ from typing import Any, TypeVar
 
 from . import _json
 from ._config import Configuration
+from ._errors import ConfigurationError, DecodeError, SourceError, TaskfleetError
 from ._nats.connect import connect, ensure_streams
 from ._nats.wire import Subjects, decode_result, encode_task
-from ._task import ConfigurationError, DecodeError, SourceError, TaskfleetError, TaskLog, TaskStatus
+from ._task import TaskLog, TaskStatus
 
 __all__ = ["ResultTimeout", "TaskClient", "TaskOutcome"]
 

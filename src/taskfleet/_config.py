@@ -2,7 +2,7 @@
 
 Every setting is one field of :class:`Configuration`, declaring its environment variable, its
 default and its meaning, so ``docs/configuration.md`` can be checked against the code. Bad values
-raise :class:`~taskfleet._task.ConfigurationError` naming the variable and the expected form.
+raise :class:`~taskfleet._errors.ConfigurationError` naming the variable and the expected form.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._task import ConfigurationError
+from ._errors import ConfigurationError
 
 __all__ = ["SETTINGS", "Configuration"]
 

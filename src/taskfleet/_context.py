@@ -9,7 +9,8 @@ from __future__ import annotations
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 
-from ._task import Task, TaskfleetError, TaskLog
+from ._errors import TaskfleetError
+from ._task import Task, TaskLog
 
 __all__ = ["TaskContext", "add_log", "get_task_context"]
 

@@ -24,9 +24,10 @@ from tenacity import (
 
 from . import _metrics as metrics
 from ._backoff import Backoff
+from ._errors import OutputError, SourceError
 from ._sources.base import TaskSource
 from ._spool import Spool
-from ._task import OutputError, SourceError, Task, TaskResult
+from ._task import Task, TaskResult
 
 __all__ = ["Delivery"]
 

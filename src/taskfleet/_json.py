@@ -11,7 +11,7 @@ import uuid
 from pathlib import PurePath
 from typing import Any
 
-from ._task import OutputError
+from ._errors import OutputError
 
 __all__ = ["dumps", "loads", "to_output_error"]
 

@@ -34,7 +34,7 @@ from datetime import datetime, timezone
 from typing import IO, TYPE_CHECKING, Any
 
 from ._context import current_task_context
-from ._task import ConfigurationError
+from ._errors import ConfigurationError
 
 if TYPE_CHECKING:
     from ._config import Configuration

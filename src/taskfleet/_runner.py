@@ -41,10 +41,11 @@ from ._config import Configuration
 from ._context import TaskContext, task_context
 from ._control import ChildStatus, ControlClient, pack_task
 from ._delivery import Delivery
+from ._errors import ConfigurationError, SourceError
 from ._ledger import Ledger
 from ._sources.base import PollRequest, TaskSource
 from ._spool import Spool
-from ._task import ConfigurationError, SourceError, Task, TaskResult, TaskStatus
+from ._task import Task, TaskResult, TaskStatus
 from ._threads import LoopThreads
 from ._worker import Worker, WorkerOptions, result_from_exception, to_result
 from .hooks import call_hooks

@@ -49,13 +49,14 @@ from ._control import (
     ChildStatus,
     unpack_task,
 )
+from ._errors import ConfigurationError
 from ._ledger import Ledger, ledger_dir
 from ._runner import EXIT_START_FAILED, ChildRecipe, child_main, source_key
 from ._scratch import ScratchDir
 from ._sources import create_source
 from ._sources.base import WorkerBinding
 from ._spool import Spool
-from ._task import ConfigurationError, Task, TaskStatus
+from ._task import Task, TaskStatus
 from ._worker import Worker, WorkerOptions, as_worker, options_from_env
 
 __all__ = ["TaskHandler"]

@@ -1,4 +1,4 @@
-"""The transport-neutral model: tasks, results, logs, and the exception tree.
+"""The transport-neutral model: tasks, results and logs.
 
 Everything here is independent of how a task arrived (Conductor over HTTP, NATS JetStream, or
 memory). Sources translate their wire formats to and from these types at their boundary.
@@ -12,20 +12,14 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
+from ._json import dumps
+
 __all__ = [
-    "ConfigurationError",
-    "DecodeError",
-    "InputError",
-    "NonRetryableError",
-    "OutputError",
-    "SourceError",
     "Task",
-    "TaskError",
     "TaskInProgress",
     "TaskLog",
     "TaskResult",
     "TaskStatus",
-    "TaskfleetError",
     "epoch_ms",
 ]
 
@@ -33,114 +27,6 @@ __all__ = [
 def epoch_ms() -> int:
     """Wall-clock time in epoch milliseconds, the unit every timestamp on the wire uses."""
     return time.time_ns() // 1_000_000
-
-
-# --------------------------------------------------------------------------------------------
-# Exceptions: one tree, one root. Retry semantics live on the exception.
-# --------------------------------------------------------------------------------------------
-
-
-class TaskfleetError(Exception):
-    """Root of every exception taskfleet raises."""
-
-
-class ConfigurationError(TaskfleetError, ValueError):
-    """A setting is invalid. Raised at start-up; the message names the setting.
-
-    Attributes:
-        setting: the name users set it by (an env var such as ``CONDUCTOR_SERVER_URL``, or an
-            argument such as ``threads``).
-    """
-
-    def __init__(self, setting: str, message: str) -> None:
-        super().__init__(f"{setting}: {message}")
-        self.setting = setting
-
-
-class TaskError(TaskfleetError):
-    """Raised by a handler to fail its task with explicit retry semantics.
-
-    Args:
-        message: the reason, sent to the server as ``reasonForIncompletion``.
-        non_retryable: fail terminally (``FAILED_WITH_TERMINAL_ERROR``; NATS: ``term``).
-        retry_after: seconds before the task may run again (NATS: the nak delay; Conductor:
-            the server's task definition decides, so this is advisory there).
-        output: output data to report with the failure.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        non_retryable: bool = False,
-        retry_after: float | None = None,
-        output: Mapping[str, Any] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.non_retryable = non_retryable
-        self.retry_after = retry_after
-        self.output = dict(output) if output else {}
-
-    def __str__(self) -> str:
-        return self.message
-
-
-class NonRetryableError(TaskError):
-    """Fail the task terminally: retrying cannot help (bad input, a permanent refusal)."""
-
-    def __init__(self, message: str, *, output: Mapping[str, Any] | None = None) -> None:
-        super().__init__(message, non_retryable=True, output=output)
-
-
-class InputError(NonRetryableError):
-    """The task's input does not fit the handler (missing parameter, wrong type).
-
-    Attributes:
-        parameter: the handler parameter that could not be bound, when one is to blame.
-    """
-
-    def __init__(self, message: str, *, parameter: str | None = None) -> None:
-        super().__init__(message)
-        self.parameter = parameter
-
-
-class OutputError(NonRetryableError):
-    """The handler's return value cannot be serialised as JSON output data."""
-
-
-class DecodeError(NonRetryableError):
-    """A message could not be decoded into a task.
-
-    Attributes:
-        data: the bytes that failed (possibly truncated by the caller for logging).
-        error: the underlying decoder exception, if any.
-    """
-
-    def __init__(self, message: str, data: bytes = b"", error: BaseException | None = None) -> None:
-        super().__init__(message)
-        self.data = data
-        self.error = error
-
-
-class SourceError(TaskfleetError):
-    """A task source (server) call failed. Raised instead of transport exceptions.
-
-    Attributes:
-        retryable: whether the same call may succeed later (timeouts, 5xx, refused connections);
-            False for answers that will not change (400 on a malformed request).
-        status: the HTTP status or transport-specific code when there was one.
-    """
-
-    def __init__(self, message: str, *, retryable: bool = True, status: int | None = None) -> None:
-        super().__init__(message)
-        self.retryable = retryable
-        self.status = status
-
-
-# --------------------------------------------------------------------------------------------
-# Values
-# --------------------------------------------------------------------------------------------
 
 
 class TaskStatus(str, Enum):
@@ -274,7 +160,7 @@ class TaskResult:
         cached = self.__dict__.get("_output_json")
         if cached is not None and cached[0] is self.output_data:
             return cached[1]
-        data = _encode(self.output_data)
+        data = dumps(self.output_data)
         self.__dict__["_output_json"] = (self.output_data, data)
         return data
 
@@ -312,15 +198,6 @@ class TaskResult:
         if self.reason_for_incompletion is not None:
             body["reasonForIncompletion"] = self.reason_for_incompletion
         return body
-
-
-def _encode(obj: Any) -> bytes:
-    """``_json.dumps``, bound on first use (``_json`` imports this module)."""
-    global _encode
-    from ._json import dumps
-
-    _encode = dumps
-    return dumps(obj)
 
 
 @dataclass(frozen=True)

@@ -28,16 +28,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from ._task import (
-    ConfigurationError,
-    InputError,
-    OutputError,
-    Task,
-    TaskError,
-    TaskInProgress,
-    TaskResult,
-    TaskStatus,
-)
+from ._errors import ConfigurationError, InputError, OutputError, TaskError
+from ._task import Task, TaskInProgress, TaskResult, TaskStatus
 
 __all__ = [
     "Worker",

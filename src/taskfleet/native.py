@@ -18,7 +18,7 @@
 * Libraries are opened with :class:`ctypes.CDLL`, which releases the GIL during every call, so
   ``threads=N`` runs native code in parallel inside one worker process.
 * A function declared with ``"status"`` returns ``int``: 0 is success, anything else raises
-  :class:`NativeCallError` (a :class:`~taskfleet._task.TaskError`, so the task fails with a reason
+  :class:`NativeCallError` (a :class:`~taskfleet._errors.TaskError`, so the task fails with a reason
   naming the function, the code and the library's message). With ``error_buffer=N`` the call
   appends a ``char *err, size_t errlen`` pair that the library fills with its message.
 """
@@ -35,7 +35,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeAlias
 
-from ._task import NonRetryableError, TaskError, TaskfleetError
+from ._errors import NonRetryableError, TaskError, TaskfleetError
 from ._worker import Worker, worker_task
 
 __all__ = [

@@ -12,10 +12,11 @@ from typing import Any, TypeVar
 import pytest
 
 from taskfleet._config import Configuration
+from taskfleet._errors import SourceError
 from taskfleet._sources import PollRequest
 from taskfleet._sources import conductor as conductor_module
 from taskfleet._sources.conductor import ConductorSource
-from taskfleet._task import SourceError, Task, TaskResult, TaskStatus
+from taskfleet._task import Task, TaskResult, TaskStatus
 from taskfleet.testing import ConductorTestServer
 
 pytestmark = pytest.mark.timeout(30)

@@ -8,9 +8,10 @@ from helpers import run
 
 from taskfleet._client import TaskClient
 from taskfleet._config import Configuration
+from taskfleet._errors import SourceError
 from taskfleet._sources.base import PollRequest, WorkerBinding
 from taskfleet._sources.nats import NatsSource
-from taskfleet._task import SourceError, TaskStatus
+from taskfleet._task import TaskStatus
 from taskfleet.testing.nats import embedded_nats
 
 pytestmark = [pytest.mark.slow, pytest.mark.chaos]

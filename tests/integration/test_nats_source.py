@@ -15,10 +15,11 @@ from helpers import eventually, run
 from nats.js.api import RetentionPolicy
 
 from taskfleet._config import Configuration
+from taskfleet._errors import SourceError
 from taskfleet._nats.wire import REASON_HEADER, Subjects, decode_result, encode_task
 from taskfleet._sources.base import PollRequest, WorkerBinding
 from taskfleet._sources.nats import NatsSource
-from taskfleet._task import SourceError, TaskResult, TaskStatus
+from taskfleet._task import TaskResult, TaskStatus
 
 pytestmark = pytest.mark.slow
 

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from taskfleet._errors import ConfigurationError, DecodeError
 from taskfleet._nats.wire import (
     Subjects,
     consumer_name,
@@ -16,7 +17,7 @@ from taskfleet._nats.wire import (
     task_from_message,
 )
 from taskfleet._sources.nats import nak_payload
-from taskfleet._task import ConfigurationError, DecodeError, Task, TaskResult, TaskStatus
+from taskfleet._task import Task, TaskResult, TaskStatus
 
 
 def test_subjects_and_stream_names_follow_the_prefix():

@@ -21,7 +21,7 @@ from taskfleet import (
     TaskStatus,
     worker_task,
 )
-from taskfleet._task import ConfigurationError
+from taskfleet._errors import ConfigurationError
 from taskfleet._worker import WorkerOptions, options_from_env, to_result
 
 

@@ -15,7 +15,7 @@ import ssl
 from typing import Any
 
 from .._config import Configuration, redact_url
-from .._task import SourceError
+from .._errors import SourceError
 from .wire import Subjects
 
 __all__ = ["connect", "ensure_streams", "error_code"]

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-from .._task import TaskfleetError
+from .._errors import TaskfleetError
 
 __all__ = ["NatsCluster", "NatsServer", "NatsServerError", "find_nats_server"]
 

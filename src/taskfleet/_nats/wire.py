@@ -17,16 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import _json
+from .._errors import ConfigurationError, DecodeError, OutputError
 from .._proto.taskfleet.v1 import task_pb2
-from .._task import (
-    ConfigurationError,
-    DecodeError,
-    OutputError,
-    Task,
-    TaskResult,
-    TaskStatus,
-    epoch_ms,
-)
+from .._task import Task, TaskResult, TaskStatus, epoch_ms
 
 __all__ = [
     "Handle",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .._task import ConfigurationError
+from .._errors import ConfigurationError
 from .base import PollRequest, TaskSource, WorkerBinding
 
 if TYPE_CHECKING:

@@ -6,7 +6,7 @@ coroutines on that process's event loop; blocking clients (``requests``) run the
 thread of their own and stay behind this interface, so the runner has one loop for every source.
 
 Errors: transport exceptions never cross this boundary. A failed call raises
-:class:`~taskfleet._task.SourceError` (``retryable`` says whether trying again can help).
+:class:`~taskfleet._errors.SourceError` (``retryable`` says whether trying again can help).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ belong to the runner. The only repeats made here are the protocol's own: one tok
 
 ``requests`` blocks, so calls run in a small thread pool owned by the source, each thread with its
 own pooled ``requests.Session`` (sessions are not documented as thread-safe). Every failure
-leaves this module as :class:`~taskfleet._task.SourceError`; messages carry the redacted URL and
+leaves this module as :class:`~taskfleet._errors.SourceError`; messages carry the redacted URL and
 the exception class, never credentials or tokens.
 """
 
@@ -26,7 +26,8 @@ from requests.adapters import HTTPAdapter
 
 from .. import _json
 from .._config import Configuration, redact_url
-from .._task import OutputError, SourceError, Task, TaskResult, TaskStatus
+from .._errors import OutputError, SourceError
+from .._task import Task, TaskResult, TaskStatus
 from .._threads import LoopThreads
 from .base import PollRequest, TaskSource
 
@@ -84,7 +85,7 @@ class ConductorSource(TaskSource):
         max_workers: threads (and so concurrent HTTP calls) of this source; a long poll holds
             one for up to five seconds, so keep at least two.
 
-    Raises from every call: :class:`~taskfleet._task.SourceError`; ``retryable`` is True for
+    Raises from every call: :class:`~taskfleet._errors.SourceError`; ``retryable`` is True for
     connection failures, timeouts, 429 and 5xx, False for other answers (4xx, a server that
     needs credentials that were not configured, a closed source).
     """

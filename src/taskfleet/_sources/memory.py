@@ -14,7 +14,8 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .._task import SourceError, Task, TaskResult, TaskStatus
+from .._errors import SourceError
+from .._task import Task, TaskResult, TaskStatus
 from .base import PollRequest, TaskSource
 
 __all__ = ["MemorySource"]

@@ -26,7 +26,7 @@ Promises (``docs/reliability.md``, ``docs/sources.md``):
   has its output published there as a new Task (PubAck awaited, de-duplicated by id) before
   its input is acked.
 
-Every method raises :class:`~taskfleet._task.SourceError` rather than nats-py's exceptions.
+Every method raises :class:`~taskfleet._errors.SourceError` rather than nats-py's exceptions.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from nats.errors import NoRespondersError
 from .. import _metrics as metrics
 from .._backoff import Backoff
 from .._config import Configuration
+from .._errors import DecodeError, OutputError, SourceError
 from .._nats.connect import connect, ensure_streams, error_code
 from .._nats.wire import (
     REASON_HEADER,
@@ -58,14 +59,7 @@ from .._nats.wire import (
     task_from_message,
     task_id_of,
 )
-from .._task import (
-    DecodeError,
-    OutputError,
-    SourceError,
-    Task,
-    TaskResult,
-    TaskStatus,
-)
+from .._task import Task, TaskResult, TaskStatus
 from .base import PollRequest, TaskSource, WorkerBinding
 
 __all__ = ["NatsSource"]
