@@ -4,13 +4,19 @@
 format, or OpenMetrics when the scraper asks for it. ``/healthz`` is liveness (the supervisor's
 loop turns); ``/readyz`` is readiness (every worker type has a process whose last poll succeeded
 recently), so a server outage makes the pool not-ready without making it not-alive. ``/workers``
-is JSON about each process. With ``TASKFLEET_METRICS_TOKEN`` set, every path requires
-``Authorization: Bearer <token>``.
+is JSON about each process. With ``TASKFLEET_METRICS_TOKEN`` set, ``/metrics`` and ``/workers``
+require ``Authorization: Bearer <token>``; the probes ``/healthz`` and ``/readyz`` stay open (they
+tell whether the pool is alive and ready, nothing else), so orchestrators need no secret.
+
+The endpoint is bounded: a connection that sends nothing for :data:`REQUEST_TIMEOUT` seconds is
+closed, at most :data:`MAX_CONNECTIONS` are served at once (more are answered 503 and closed), and
+an error while answering is a 500, never a dead thread (``docs/deployment.md``, Security).
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import logging
 import os
@@ -29,6 +35,19 @@ __all__ = ["AdminServer", "render_metrics"]
 log = logging.getLogger("taskfleet.admin")
 
 TEXTFILE_EVERY = 15.0
+#: Seconds a connection may stay silent (or a client take to read an answer) before it is closed.
+REQUEST_TIMEOUT = 10.0
+#: Connections served at once; one more is answered 503 and closed, so idle clients cannot pin
+#: the supervisor's threads.
+MAX_CONNECTIONS = 16
+
+#: Paths served without the token: liveness and readiness probes.
+_OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n"
+    b"Connection: close\r\n\r\nbusy\n"
+)
 
 
 def render_metrics(accept: str = "") -> tuple[bytes, str]:
@@ -50,6 +69,10 @@ def render_metrics(accept: str = "") -> tuple[bytes, str]:
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.settimeout(self.server.request_timeout)
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.address_string(), *args)
@@ -77,10 +100,20 @@ class _Handler(BaseHTTPRequestHandler):
         self.do_GET()
 
     def do_GET(self) -> None:
-        if not self._authorised():
+        try:
+            self._answer()
+        except OSError:  # the client went away or stopped reading: nothing left to answer
+            self.close_connection = True
+        except Exception:
+            log.exception("HTTP endpoint: %s failed", self.path.split("?", 1)[0])
+            self.close_connection = True
+            self._send(500, b"internal error\n", "text/plain")
+
+    def _answer(self) -> None:
+        path = self.path.split("?", 1)[0].rstrip("/") or "/"
+        if path not in _OPEN_PATHS and not self._authorised():
             self._send(401, b"unauthorized\n", "text/plain")
             return
-        path = self.path.split("?", 1)[0].rstrip("/") or "/"
         pool = self.server.pool
         if path == "/metrics":
             body, content_type = render_metrics(self.headers.get("Accept", ""))
@@ -99,11 +132,44 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, b"not found\n", "text/plain")
 
 
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     pool: TaskHandler
     token: str
+
+    def __init__(self, address: tuple[str, int], max_connections: int, timeout: float) -> None:
+        super().__init__(address, _Handler)
+        self.request_timeout = timeout
+        self._slots = threading.BoundedSemaphore(max_connections)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            try:
+                request.settimeout(1.0)
+                request.sendall(_BUSY)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # the thread did not start: its slot is not taken
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class AdminServer:
@@ -112,7 +178,7 @@ class AdminServer:
     def __init__(self, pool: TaskHandler, config: Configuration) -> None:
         bind = config.metrics_bind
         assert bind is not None
-        self._server = _Server(bind, _Handler)
+        self._server = _Server(bind, MAX_CONNECTIONS, REQUEST_TIMEOUT)
         self._server.pool = pool
         self._server.token = config.metrics_token
         self._textfile = config.metrics_textfile
@@ -126,6 +192,13 @@ class AdminServer:
     def start(self) -> None:
         self._thread.start()
         log.info("metrics and health on %s/metrics", self.url)
+        host = self._server.server_address[0]
+        if not self._server.token and not _loopback(str(host)):
+            log.warning(
+                "the HTTP endpoint on %s is reachable from other hosts and has no token:"
+                " set TASKFLEET_METRICS_TOKEN (docs/deployment.md, Security)",
+                self.url,
+            )
 
     def periodic(self, now: float) -> None:
         if self._textfile and now >= self._next_textfile:

@@ -590,7 +590,7 @@ def fetch_workers(url: str, token: str = "", timeout: float = 5.0) -> list[dict[
         with urllib.request.urlopen(request, timeout=timeout) as response:
             body = json.loads(response.read())
     except urllib.error.HTTPError as exc:
-        hint = " (pass --token or set TASKFLEET_METRICS_TOKEN)" if exc.code == 401 else ""
+        hint = " (set TASKFLEET_METRICS_TOKEN or pass --token-file)" if exc.code == 401 else ""
         raise CliError(EXIT_UNAVAILABLE, f"{target}: HTTP {exc.code}{hint}") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
@@ -629,10 +629,24 @@ def status_table(workers: Sequence[Mapping[str, Any]]) -> str:
     )
 
 
+def _status_token(args: argparse.Namespace) -> str:
+    """The bearer token from ``--token-file`` or ``TASKFLEET_METRICS_TOKEN``, never from argv."""
+    if args.token is not None:
+        raise _usage(
+            "--token is not accepted (other users see command lines):"
+            " set TASKFLEET_METRICS_TOKEN or pass --token-file FILE"
+        )
+    if args.token_file:
+        try:
+            return Path(args.token_file).read_text().strip()
+        except OSError as exc:
+            raise _usage(f"--token-file: cannot read {args.token_file}: {exc.strerror}") from None
+    return os.environ.get("TASKFLEET_METRICS_TOKEN", "")
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """Print a running pool's worker processes as a table."""
-    token = args.token if args.token is not None else os.environ.get("TASKFLEET_METRICS_TOKEN", "")
-    workers = fetch_workers(args.url, token, args.timeout)
+    workers = fetch_workers(args.url, _status_token(args), args.timeout)
     print(status_table(workers))
     return EXIT_OK
 
@@ -774,8 +788,11 @@ def _add_status(subs: Any) -> None:
         help=f"the pool's HTTP endpoint (default {DEFAULT_STATUS_URL})",
     )
     p.add_argument(
-        "--token", metavar="TOKEN", help="bearer token (default TASKFLEET_METRICS_TOKEN)"
+        "--token-file",
+        metavar="FILE",
+        help="file holding the bearer token (default: TASKFLEET_METRICS_TOKEN)",
     )
+    p.add_argument("--token", help=argparse.SUPPRESS)  # refused: argv is visible in ps
     p.add_argument("--timeout", type=float, default=5.0, metavar="S", help="seconds (default 5)")
 
 

@@ -207,7 +207,8 @@ class Configuration:
     metrics_token: str = _setting(
         "TASKFLEET_METRICS_TOKEN",
         "",
-        "When set, the HTTP endpoint requires `Authorization: Bearer <token>`.",
+        "When set, `/metrics` and `/workers` require `Authorization: Bearer <token>`"
+        " (the probes `/healthz` and `/readyz` stay open).",
         secret=True,
     )
     metrics_textfile: str = _setting(

@@ -282,6 +282,41 @@ def test_status_of_an_unreachable_pool_exits_4():
     assert "cannot reach" in line
 
 
+@pytest.fixture
+def pool_with_token() -> Iterator[str]:
+    """A pool's HTTP endpoint (a stand-in pool behind it) requiring the token ``s3cret``."""
+    from taskfleet._admin import AdminServer
+    from taskfleet._config import Configuration
+
+    class Pool:
+        def workers_status(self) -> list[dict[str, object]]:
+            return [{"name": "greet#0", "pid": 7, "state": "running"}]
+
+    config = Configuration.from_env({}, metrics_address="127.0.0.1:0", metrics_token="s3cret")
+    server = AdminServer(Pool(), config)  # type: ignore[arg-type]
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def test_status_reads_its_token_from_the_environment_or_a_file(pool_with_token, tmp_path):
+    one_line_error(taskfleet("status", pool_with_token), cli.EXIT_UNAVAILABLE)
+    by_env = taskfleet("status", pool_with_token, env={"TASKFLEET_METRICS_TOKEN": "s3cret"})
+    assert by_env.returncode == 0 and "greet#0" in by_env.stdout, by_env.stderr
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret\n")
+    by_file = taskfleet("status", pool_with_token, "--token-file", str(token_file))
+    assert by_file.returncode == 0 and "greet#0" in by_file.stdout, by_file.stderr
+
+
+def test_status_refuses_a_token_on_the_command_line(pool_with_token):
+    # Any user on the host sees a process's arguments (ps): a token there is a leaked token.
+    line = one_line_error(taskfleet("status", pool_with_token, "--token", "s3cret"), 2)
+    assert "TASKFLEET_METRICS_TOKEN" in line and "s3cret" not in line
+
+
 def test_status_table_shows_each_process_and_its_last_error():
     table = cli.status_table(
         [

@@ -1,0 +1,92 @@
+"""The HTTP endpoint stays answerable: idle clients time out, connections are capped, and an
+error while answering is a 500 on that request only."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+from taskfleet import _admin
+from taskfleet import _metrics as metrics
+from taskfleet._config import Configuration
+
+
+class _Pool:
+    def alive(self) -> bool:
+        return True
+
+    def ready(self) -> tuple[bool, str]:
+        return True, "ready"
+
+    def workers_status(self) -> list[dict[str, Any]]:
+        return []
+
+
+@contextlib.contextmanager
+def _serving(**settings: Any) -> Iterator[_admin.AdminServer]:
+    config = Configuration.from_env({}, metrics_address="127.0.0.1:0", **settings)
+    server = _admin.AdminServer(_Pool(), config)  # type: ignore[arg-type]
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _address(server: _admin.AdminServer) -> tuple[str, int]:
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    return host, int(port)
+
+
+def _get(server: _admin.AdminServer, path: str) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection(*_address(server), timeout=30)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def test_a_silent_connection_is_closed_by_the_server(monkeypatch):
+    monkeypatch.setattr(_admin, "REQUEST_TIMEOUT", 0.3, raising=False)
+    with _serving() as server, socket.create_connection(_address(server), timeout=30) as idle:
+        # Sends nothing: the server gives up on it and closes (recv sees the end, b"").
+        assert idle.recv(100) == b""
+
+
+def test_connections_beyond_the_cap_get_503_and_a_freed_slot_serves_again(monkeypatch):
+    monkeypatch.setattr(_admin, "MAX_CONNECTIONS", 3, raising=False)
+    with _serving() as server:
+        idle = [socket.create_connection(_address(server), timeout=30) for _ in range(3)]
+        assert _get(server, "/healthz") == (503, b"busy\n")
+        idle.pop().close()
+        # The freed slot is released once its thread sees the close: bounded retries.
+        for _ in range(200):
+            status, body = _get(server, "/healthz")
+            if status == 200:
+                break
+        assert (status, body) == (200, b"ok\n")
+        for sock in idle:
+            sock.close()
+
+
+def test_an_error_while_rendering_metrics_is_a_500_and_the_endpoint_keeps_serving(
+    tmp_path, monkeypatch
+):
+    (tmp_path / "counter_123.db").write_bytes(b"not a metrics file")
+    monkeypatch.setattr(metrics, "multiproc_dir", lambda: str(tmp_path))
+    with _serving() as server:
+        assert _get(server, "/metrics") == (500, b"internal error\n")
+        assert _get(server, "/healthz") == (200, b"ok\n")
+
+
+def test_with_a_token_metrics_and_workers_need_it_and_the_probes_do_not():
+    with _serving(metrics_token="s3cret") as server:
+        assert _get(server, "/metrics")[0] == 401
+        assert _get(server, "/workers")[0] == 401
+        assert _get(server, "/healthz") == (200, b"ok\n")
+        assert _get(server, "/readyz") == (200, b"ready\n")
