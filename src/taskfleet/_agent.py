@@ -8,7 +8,6 @@ through this agent, whose methods are safe to call from any thread.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 from collections.abc import Coroutine, Sequence
@@ -18,6 +17,7 @@ from typing import Any, TypeVar
 from . import _metrics as metrics
 from ._delivery import Delivery
 from ._errors import SourceError
+from ._loop import BackgroundLoop
 from ._sources.base import TaskSource, WorkerBinding
 from ._spool import Spool
 from ._task import Task, TaskResult
@@ -34,22 +34,22 @@ class SourceAgent:
     def __init__(self, source: TaskSource, spool: Spool | None) -> None:
         self.source = source
         self.delivery = Delivery(source, spool)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="taskfleet-agent", daemon=True
-        )
-        self._thread.start()
+        self._loop = BackgroundLoop("taskfleet-agent")
         self._closed = False
         self._pending: set[Future[Any]] = set()
         self._lock = threading.Lock()
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        """Run a coroutine on the agent's loop and wait for its result."""
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+        """Run a coroutine on the agent's loop and wait for its result.
+
+        Raises:
+            CallTimedOut: ``timeout`` passed first (the coroutine is cancelled).
+        """
+        return self._loop.call(coro, timeout)
 
     def submit(self, coro: Coroutine[Any, Any, Any]) -> Future[Any]:
         """Run a coroutine on the agent's loop without waiting (tracked until done)."""
-        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        future = self._loop.submit(coro)
         with self._lock:
             self._pending.add(future)
         future.add_done_callback(self._forget)
@@ -118,7 +118,4 @@ class SourceAgent:
             self.call(self.source.close(), timeout=10)
         except Exception as exc:
             log.warning("closing the supervisor's source: %r", exc)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-        if not self._thread.is_alive():
-            self._loop.close()
+        self._loop.stop(timeout=5)

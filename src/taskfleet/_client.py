@@ -1,8 +1,8 @@
 """``TaskClient``: submit tasks to a NATS pool and read their results from plain, synchronous code.
 
-The client owns an asyncio loop in a background thread; every public method is a blocking call
-into it, so scripts, web handlers and notebooks need no ``async``. It talks to ``NATS_URL``, or
-— when none is configured — to the machine's shared embedded server
+The client owns an asyncio loop in a background thread (``_loop.py``); every public method is a
+blocking call into it, so scripts, web handlers and notebooks need no ``async``. It talks to
+``NATS_URL``, or — when none is configured — to the machine's shared embedded server
 (:class:`taskfleet._nats.embedded.EmbeddedNats`), starting it if no other process has.
 
 How results are read: per task type, one *ordered consumer* (ephemeral, flow-controlled, recreated
@@ -17,10 +17,8 @@ Subjects carry the type, not the id, which is why a direct get by subject cannot
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import queue
-import threading
 import uuid
 from collections.abc import Coroutine, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -30,6 +28,7 @@ from typing import Any, TypeVar
 from . import _json
 from ._config import Configuration
 from ._errors import ConfigurationError, DecodeError, SourceError, TaskfleetError
+from ._loop import BackgroundLoop, CallTimedOut
 from ._nats.connect import connect, ensure_streams
 from ._nats.wire import Subjects, decode_result, encode_task
 from ._task import TaskLog, TaskStatus
@@ -129,11 +128,7 @@ class TaskClient:
 
             self._lease = EmbeddedNats(config.state_path)
             servers = [self._lease.acquire()]
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="taskfleet-client", daemon=True
-        )
-        self._thread.start()
+        self._loop = BackgroundLoop("taskfleet-client")
         try:
             self._nc: Any = self._call(connect(config, servers, name="taskfleet-client"))
             self._js = self._nc.jetstream(timeout=PUBLISH_TIMEOUT)
@@ -229,7 +224,7 @@ class TaskClient:
             known = self._outcomes.get(task_id)
             if known is not None:
                 return known
-            future: asyncio.Future[TaskOutcome] = self._loop.create_future()
+            future: asyncio.Future[TaskOutcome] = asyncio.get_running_loop().create_future()
             self._waiters.setdefault(task_id, []).append(future)
             try:
                 return await asyncio.wait_for(future, timeout)
@@ -264,7 +259,7 @@ class TaskClient:
                     return
         finally:
             with contextlib.suppress(Exception):
-                self._loop.call_soon_threadsafe(self._listeners.get(task_type, []).remove, inbox)
+                self._loop.call_soon(self._listeners.get(task_type, []).remove, inbox)
 
     def depth(self, task_type: str) -> int:
         """Tasks of this type in the work queue: waiting plus in flight (not yet acked).
@@ -296,7 +291,7 @@ class TaskClient:
             return
         self._closed = True
         nc = getattr(self, "_nc", None)
-        if nc is not None and self._loop.is_running():
+        if nc is not None and self._loop.running:
 
             async def shutdown() -> None:
                 for sub in self._watches.values():
@@ -310,10 +305,7 @@ class TaskClient:
 
             with contextlib.suppress(Exception):
                 self._run(shutdown(), timeout=10.0)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10.0)
-        if not self._thread.is_alive():
-            self._loop.close()
+        self._loop.stop(timeout=10.0)
         if self._lease is not None:
             self._lease.release()
             self._lease = None
@@ -338,13 +330,9 @@ class TaskClient:
         return self._run(coro, timeout)
 
     def _run(self, coro: Coroutine[Any, Any, T], timeout: float | None) -> T:
-        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
         try:
-            return future.result(timeout)
-        except concurrent.futures.TimeoutError:
-            if future.done():
-                raise  # the coroutine's own TimeoutError (ResultTimeout), not ours
-            future.cancel()
+            return self._loop.call(coro, timeout)
+        except CallTimedOut:
             raise SourceError(f"the NATS call did not finish within {timeout:g} s") from None
 
     async def _publish(self, subject: str, payload: bytes, task_id: str) -> None:

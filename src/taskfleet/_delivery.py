@@ -123,12 +123,17 @@ class Delivery:
 
         Returns the chained next task when ``chain`` was asked and the server gave one. Never
         raises for a transport failure: the result is either delivered, spooled, or (when the
-        server rejects it permanently, e.g. an unknown task id) logged as rejected.
+        server rejects it permanently, e.g. an unknown task id) logged as rejected. A result
+        whose output cannot be encoded is delivered as a terminal failure naming the value
+        (:meth:`TaskResult.without_output`).
         """
         try:
             size = len(result.output_json())
-        except OutputError:
-            pass  # the source turns it into a failure naming the value
+        except OutputError as exc:
+            # The one place output that cannot be encoded is dealt with: the task fails for
+            # good, naming the value, instead of leaving it to the server's timeout. Sources
+            # and the spool only ever see output that encodes.
+            result = result.without_output(str(exc))
         else:
             metrics.get().task_result_size_bytes.labels(task.task_type).observe(size)
         try:

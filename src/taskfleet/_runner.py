@@ -58,6 +58,8 @@ HEARTBEAT_INTERVAL = 1.0
 #: While other tasks of the process still run, a poll waits up to this many seconds for
 #: three quarters of the slots to be free, so that one fetch brings several tasks.
 POLL_LINGER = 0.002
+#: The ``exception`` (metric label) of a task past its time limit.
+TIME_LIMIT_EXCEEDED = "TimeLimitExceeded"
 #: Exit codes of a worker process (the supervisor reads them).
 EXIT_OK = 0
 EXIT_START_FAILED = 3
@@ -434,12 +436,7 @@ class Runner:
                     try:
                         result = await asyncio.wait_for(coro, self.options.time_limit)
                     except asyncio.TimeoutError:
-                        result = task.result(
-                            TaskStatus.FAILED,
-                            reason=f"timed out after {self.options.time_limit:g}s (time_limit)",
-                            worker_id=self.worker_id,
-                        )
-                        result.exception = "TimeoutError"
+                        result = time_limit_result(task, self.options.time_limit, self.worker_id)
                 else:
                     result = await coro
             else:
@@ -499,6 +496,20 @@ class Runner:
             if rss > limit:
                 return f"recycled at {rss:.0f} MiB resident (max_memory_per_child={limit})"
         return ""
+
+
+def time_limit_result(
+    task: Task, limit: float, worker_id: str, *, process_killed: bool = False
+) -> TaskResult:
+    """The retryable failure of a task past its ``time_limit``: the runner's own (soft) limit of
+    an async handler, or the supervisor's hard one (``process_killed``). One exception label,
+    :data:`TIME_LIMIT_EXCEEDED`, either way."""
+    reason = f"timed out after {limit:g}s (time_limit)"
+    if process_killed:
+        reason += "; worker process killed"
+    result = task.result(TaskStatus.FAILED, reason=reason, worker_id=worker_id)
+    result.exception = TIME_LIMIT_EXCEEDED
+    return result
 
 
 def _release(waiter: asyncio.Future[None]) -> None:

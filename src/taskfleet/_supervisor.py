@@ -51,7 +51,7 @@ from ._control import (
 )
 from ._errors import ConfigurationError
 from ._ledger import Ledger, ledger_dir
-from ._runner import EXIT_START_FAILED, ChildRecipe, child_main, source_key
+from ._runner import EXIT_START_FAILED, ChildRecipe, child_main, source_key, time_limit_result
 from ._scratch import ScratchDir
 from ._sources import create_source
 from ._sources.base import WorkerBinding
@@ -759,10 +759,8 @@ class TaskHandler:
     def _time_limit_passed(self, child: Child, entry: InFlight, now: float) -> None:
         limit = child.options.time_limit
         task = entry.task
-        reason = f"timed out after {limit:g}s (time_limit); worker process killed"
         child.timed_out.add(task.task_id)
-        result = task.result(TaskStatus.FAILED, reason=reason, worker_id=child.options.identity)
-        result.exception = "TimeLimitExceeded"
+        result = time_limit_result(task, limit, child.options.identity, process_killed=True)
         assert self._agent is not None
         self._agent.report(task, result)
         metrics.get().taskfleet_time_limit_kills.labels(child.task_type).inc()

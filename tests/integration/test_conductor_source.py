@@ -165,10 +165,13 @@ def test_output_with_dates_and_uuids_is_delivered_as_json(server, source):
 
 
 def test_output_that_is_not_json_fails_the_task_naming_the_value(server, source):
+    from taskfleet._delivery import Delivery
+
     (task_id,) = server.enqueue_many("t", [{}])
     (task,) = call(source, lambda s: s.poll(request()))
 
-    call(source, lambda s: s.report(task, task.result(output_data={"bad": object()})))
+    result = task.result(output_data={"bad": object()})
+    call(source, lambda s: Delivery(s, None).deliver(task, result))
 
     job = server.job(task_id)
     assert job.status == "FAILED_WITH_TERMINAL_ERROR"

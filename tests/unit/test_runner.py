@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from taskfleet import NonRetryableError, Task, TaskInProgress, TaskStatus, add_log, worker_task
+from taskfleet import _metrics as metrics
 from taskfleet._delivery import Delivery
 from taskfleet._runner import Runner, run_inline
 from taskfleet._sources.memory import MemorySource
@@ -125,6 +126,11 @@ def test_async_time_limit_fails_the_task_retryably():
     result = source.final(t.task_id)
     assert result.status is TaskStatus.FAILED
     assert "time_limit" in result.reason_for_incompletion
+    # The same label as the supervisor's hard limit: one failure, one metric label.
+    assert result.exception == "TimeLimitExceeded"
+    registry = metrics.get().registry
+    labels = {"taskType": "sleepy", "exception": "TimeLimitExceeded"}
+    assert registry.get_sample_value("task_execute_error_total", labels) >= 1
 
 
 def test_threads_run_sync_handlers_concurrently_and_polls_ask_only_for_free_slots():

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import _json
-from .._errors import ConfigurationError, DecodeError, OutputError
+from .._errors import ConfigurationError, DecodeError
 from .._proto.taskfleet.v1 import task_pb2
 from .._task import Task, TaskResult, TaskStatus, epoch_ms
 
@@ -257,17 +257,13 @@ def encode_result(
 ) -> bytes:
     """Serialise a result for ``<prefix>.results.<type>``; ``status``/``reason`` override.
 
-    Output that cannot be serialised does not raise: the result becomes a terminal failure
-    naming the problem, so a bad handler return value never blocks the task's settlement.
+    Raises:
+        OutputError: the output cannot be encoded (delivery turns such a result into a terminal
+            failure before it reaches a source).
     """
     final_status = status or result.status
     final_reason = reason if reason is not None else (result.reason_for_incompletion or "")
-    try:
-        output = result.output_json()
-    except OutputError as exc:
-        output = b"{}"
-        final_status = TaskStatus.FAILED_WITH_TERMINAL_ERROR
-        final_reason = str(exc)
+    output = result.output_json()
     message = task_pb2.TaskResult(
         task_id=task.task_id,
         task_type=task.task_type,

@@ -72,8 +72,9 @@ class TaskSource(abc.ABC):
 
         Args:
             task: the task (a :meth:`Task.slim` copy is enough).
-            result: the outcome; a failure's retry behaviour follows its status and the task's
-                attempt (retry with backoff, or terminal / dead-lettered when attempts are spent).
+            result: the outcome, whose output encodes (``_delivery.py`` sees to that); a
+                failure's retry behaviour follows its status and the task's attempt (retry with
+                backoff, or terminal / dead-lettered when attempts are spent).
             chain: the caller has a free slot: a source that can hand out the next task in the
                 same round trip (Conductor ``update-v2``) may return it.
 

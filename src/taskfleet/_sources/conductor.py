@@ -26,7 +26,7 @@ from requests.adapters import HTTPAdapter
 
 from .. import _json
 from .._config import Configuration, redact_url
-from .._errors import OutputError, SourceError
+from .._errors import SourceError
 from .._task import Task, TaskResult, TaskStatus
 from .._threads import LoopThreads
 from .base import PollRequest, TaskSource
@@ -260,15 +260,10 @@ class ConductorSource(TaskSource):
     @staticmethod
     def _result_body(task: Task, result: TaskResult) -> bytes:
         """The TaskResult JSON, encoded here with taskfleet's encoder (dates, UUIDs, sets and
-        dataclasses in the output are fine) and the output spliced in as already encoded.
-
-        Output that cannot be encoded makes the result a terminal failure naming the value,
-        instead of an exception that would leave the task to the response timeout.
+        dataclasses in the output are fine) and the output spliced in as already encoded
+        (delivery made sure it encodes).
         """
-        try:
-            output = result.output_json()
-        except OutputError as exc:
-            output, result = b"{}", result.without_output(str(exc))
+        output = result.output_json()
         body = result.to_wire()
         del body["outputData"]
         # The server rejects an empty workflowInstanceId (400); the task always knows it.

@@ -43,7 +43,7 @@ from nats.errors import NoRespondersError
 from .. import _metrics as metrics
 from .._backoff import Backoff
 from .._config import Configuration
-from .._errors import DecodeError, OutputError, SourceError
+from .._errors import DecodeError, SourceError
 from .._nats.connect import connect, ensure_streams, error_code
 from .._nats.wire import (
     REASON_HEADER,
@@ -361,11 +361,6 @@ class NatsSource(TaskSource):
         if not task.handle:
             raise SourceError(f"task {task.task_id} has no NATS handle", retryable=False)
         status = result.status
-        try:
-            result.output_json()  # encoded once here, reused by encode_result
-        except OutputError as exc:
-            status, result = TaskStatus.FAILED_WITH_TERMINAL_ERROR, result.without_output(str(exc))
-
         if status is TaskStatus.COMPLETED:
             publishes = [self._publish_result(task, result)]
             subject = task.output_subject or self._output_subjects.get(task.task_type, "")
