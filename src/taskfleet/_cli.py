@@ -65,7 +65,6 @@ EXIT_UNAVAILABLE = 4
 EXIT_INTERRUPTED = 130
 
 PROG = "taskfleet"
-DEFAULT_STATUS_URL = "http://127.0.0.1:9464"
 
 
 class CliError(Exception):
@@ -127,10 +126,25 @@ def import_user_module(name: str) -> ModuleType:
         if _is_missing(exc, name):
             raise _usage(f"no module named {name!r} (searched from {os.getcwd()})") from None
         return _import_failed(name)
+    except ConfigurationError as exc:
+        # A worker declared with an invalid option: ours to explain in one line, at the user's
+        # line (the innermost frame outside taskfleet), not with the import machinery's frames.
+        raise _usage(f"{_user_frame(exc)}{exc}") from None
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt):
             raise
         return _import_failed(name)
+
+
+def _user_frame(exc: BaseException) -> str:
+    """``file:line: `` of the innermost frame of ``exc`` outside taskfleet, or ``""``."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    where = ""
+    for frame in traceback.extract_tb(exc.__traceback__):
+        path = os.path.abspath(frame.filename)
+        if not path.startswith(package + os.sep) and not frame.filename.startswith("<"):
+            where = f"{os.path.relpath(path)}:{frame.lineno}: "
+    return where
 
 
 def _import_failed(name: str) -> NoReturn:
@@ -430,9 +444,22 @@ def _open_client(config: Configuration) -> Any:
     from ._client import TaskClient
     from ._logs import configure_logging, secrets_of
 
+    if config.resolved_source == "conductor":
+        raise _usage(
+            "submit and results speak NATS only, and CONDUCTOR_SERVER_URL is set"
+            " (Conductor tasks come from workflows started on the Conductor server);"
+            " unset it or set TASKFLEET_SOURCE=nats to use a NATS pool"
+        )
     level = config.log_level if os.environ.get("TASKFLEET_LOG_LEVEL") else "error"
     configure_logging(level, config.log_format, secrets=secrets_of(config))
-    return TaskClient(config)
+    client = TaskClient(config)
+    if client.started_server:
+        _err(
+            f"note: no pool's embedded server was running (state dir {config.state_path}):"
+            f" started one at {client.started_server}; tasks wait there until a pool runs"
+            " with that state directory"
+        )
+    return client
 
 
 def _submit(client: Any, task_type: str, data: dict[str, Any], count: int) -> list[str]:
@@ -447,18 +474,21 @@ def _submit(client: Any, task_type: str, data: dict[str, Any], count: int) -> li
     return ids
 
 
-def _wait(client: Any, ids: Sequence[str], timeout: float) -> tuple[int, int]:
-    """Print each result as it comes (in submission order); return (failed, missing)."""
+def _wait(client: Any, ids: Sequence[str], timeout: float) -> tuple[int, int, str]:
+    """Print each result as it comes (in submission order); return (failed, missing, why the
+    missing ones are missing)."""
     from ._client import ResultTimeout
 
     deadline = time.monotonic() + timeout
     progress = Progress("results", len(ids))
     failed = missing = 0
+    why = ""
     for done, task_id in enumerate(ids, 1):
         try:
             outcome = client.result(task_id, timeout=max(0.0, deadline - time.monotonic()))
-        except ResultTimeout:
+        except ResultTimeout as exc:
             missing = len(ids) - done + 1
+            why = exc.why
             break
         failed += not outcome.ok
         print(
@@ -469,7 +499,7 @@ def _wait(client: Any, ids: Sequence[str], timeout: float) -> tuple[int, int]:
         )
         progress.update(done)
     progress.finish()
-    return failed, missing
+    return failed, missing, why
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -484,9 +514,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
             for task_id in ids:
                 print(task_id)
             return EXIT_OK
-        failed, missing = _wait(client, ids, args.timeout)
+        failed, missing, why = _wait(client, ids, args.timeout)
     if missing:
-        _err(f"no result for {missing} task(s) within {args.timeout:g} s")
+        _err(f"no result for {missing} task(s) within {args.timeout:g} s: {why}")
     if failed:
         _err(f"{failed} of {len(ids)} task(s) failed")
     return EXIT_TASKS_FAILED if failed or missing else EXIT_OK
@@ -644,9 +674,27 @@ def _status_token(args: argparse.Namespace) -> str:
     return os.environ.get("TASKFLEET_METRICS_TOKEN", "")
 
 
+def status_url(config: Configuration) -> str:
+    """The endpoint a pool with these settings serves (``TASKFLEET_METRICS_ADDRESS``).
+
+    Raises:
+        CliError: ``EXIT_USAGE`` when the setting turns the endpoint off.
+    """
+    bind = config.metrics_bind
+    if bind is None:
+        raise _usage(
+            "TASKFLEET_METRICS_ADDRESS is off, so the pool serves no /workers: pass its URL"
+        )
+    host, port = bind
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"  # a pool listening everywhere answers on loopback too
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """Print a running pool's worker processes as a table."""
-    workers = fetch_workers(args.url, _status_token(args), args.timeout)
+    url = args.url or status_url(Configuration.from_env())
+    workers = fetch_workers(url, _status_token(args), args.timeout)
     print(status_table(workers))
     return EXIT_OK
 
@@ -783,9 +831,9 @@ def _add_status(subs: Any) -> None:
     p.add_argument(
         "url",
         nargs="?",
-        default=DEFAULT_STATUS_URL,
         metavar="URL",
-        help=f"the pool's HTTP endpoint (default {DEFAULT_STATUS_URL})",
+        help="the pool's HTTP endpoint (default: from TASKFLEET_METRICS_ADDRESS,"
+        " http://127.0.0.1:9464 when unset)",
     )
     p.add_argument(
         "--token-file",

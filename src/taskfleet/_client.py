@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import queue
 import uuid
 from collections.abc import Coroutine, Iterable, Iterator, Mapping
@@ -30,12 +31,20 @@ from ._config import Configuration
 from ._errors import ConfigurationError, DecodeError, SourceError, TaskfleetError
 from ._loop import BackgroundLoop, CallTimedOut
 from ._nats.connect import connect, ensure_streams
-from ._nats.wire import Subjects, decode_result, encode_task
+from ._nats.wire import Subjects, consumer_name, decode_result, encode_task
 from ._task import TaskLog, TaskStatus
 
 __all__ = ["ResultTimeout", "TaskClient", "TaskOutcome"]
 
 T = TypeVar("T")
+
+log = logging.getLogger("taskfleet.client")
+
+#: Why a client configured for Conductor is refused (rather than quietly talking to NATS).
+NATS_ONLY = (
+    "is set, but TaskClient speaks NATS only: Conductor tasks come from workflows started on"
+    " the Conductor server; to feed a NATS pool, unset it or set TASKFLEET_SOURCE=nats"
+)
 
 #: Submissions in flight at once in :meth:`TaskClient.submit_many` (PubAcks pipelined).
 PIPELINE = 256
@@ -44,7 +53,16 @@ PUBLISH_TIMEOUT = 10.0
 
 
 class ResultTimeout(TaskfleetError, TimeoutError):
-    """No result for the task arrived within the timeout."""
+    """No result for the task arrived within the timeout.
+
+    Attributes:
+        why: what the server says of the type's workers (no pool ever consumed it, none is
+            consuming it now, tasks still queued or running), also at the end of the message.
+    """
+
+    def __init__(self, message: str, why: str = "") -> None:
+        super().__init__(f"{message}: {why}" if why else message)
+        self.why = why
 
 
 @dataclass(frozen=True)
@@ -113,6 +131,8 @@ class TaskClient:
         config = config or Configuration.from_env()
         if url is not None:
             config = config.replace(nats_url=url)
+        if url is None and config.resolved_source == "conductor":
+            raise ConfigurationError("CONDUCTOR_SERVER_URL", NATS_ONLY)
         self.config = config
         self.subjects = Subjects(config.nats_prefix)
         self._types: dict[str, str] = {}
@@ -122,12 +142,23 @@ class TaskClient:
         self._watches: dict[str, Any] = {}
         self._lease: Any = None
         self._closed = False
+        #: the URL of the embedded server this client had to start because none was running
+        #: (so no pool on this machine uses that state directory right now), else ""
+        self.started_server = ""
         servers = config.nats_urls
         if not servers:
             from ._nats.embedded import EmbeddedNats
 
             self._lease = EmbeddedNats(config.state_path)
             servers = [self._lease.acquire()]
+            if self._lease.started:
+                self.started_server = servers[0]
+                log.warning(
+                    "no embedded server was running for state directory %s: started one at %s;"
+                    " tasks wait there until a pool with that state directory runs",
+                    config.state_path,
+                    servers[0],
+                )
         self._loop = BackgroundLoop("taskfleet-client")
         try:
             self._nc: Any = self._call(connect(config, servers, name="taskfleet-client"))
@@ -229,7 +260,9 @@ class TaskClient:
             try:
                 return await asyncio.wait_for(future, timeout)
             except asyncio.TimeoutError:
-                raise ResultTimeout(f"no result for task {task_id} within {timeout:g} s") from None
+                why = await self._why_no_result(task_type)
+                message = f"no result for task {task_id} within {timeout:g} s"
+                raise ResultTimeout(message, why) from None
             finally:
                 waiters = self._waiters.get(task_id, [])
                 if future in waiters:
@@ -279,6 +312,56 @@ class TaskClient:
             return int((info.state.subjects or {}).get(subject, 0))
 
         return self._call(count())
+
+    def consumers_of(self, task_type: str) -> dict[str, int] | None:
+        """What the server knows of the pool consuming a type, or None when no pool ever has.
+
+        Returns ``{"pending": ..., "in_flight": ..., "pulling": ...}``: tasks not yet delivered,
+        delivered but not yet acknowledged, and pull requests waiting (a running pool keeps
+        at least one while it has free slots).
+
+        Raises:
+            SourceError: the server did not answer.
+        """
+        return self._call(self._consumer_state(task_type))
+
+    async def _consumer_state(self, task_type: str) -> dict[str, int] | None:
+        from nats.js.errors import NotFoundError
+
+        try:
+            info = await self._js.consumer_info(
+                self.subjects.tasks_stream, consumer_name(task_type)
+            )
+        except NotFoundError:
+            return None
+        except Exception as exc:
+            raise SourceError(f"cannot read the consumer of {task_type!r}: {exc}") from None
+        return {
+            "pending": int(info.num_pending or 0),
+            "in_flight": int(info.num_ack_pending or 0),
+            "pulling": int(info.num_waiting or 0),
+        }
+
+    async def _why_no_result(self, task_type: str) -> str:
+        """One clause saying why a result has not come: the producer's most common dead ends."""
+        try:
+            state = await self._consumer_state(task_type)
+        except SourceError as exc:
+            return str(exc)
+        if state is None:
+            return (
+                f"no worker has ever consumed {task_type!r} on this server"
+                " (is the type spelt as the worker's? is the pool on another server or state"
+                " directory?)"
+            )
+        if state["in_flight"]:
+            return f"{state['in_flight']} task(s) of {task_type!r} are running now"
+        if state["pulling"] == 0:
+            return (
+                f"no worker is consuming {task_type!r} now; {state['pending']} task(s) wait"
+                " for a pool to run"
+            )
+        return f"{state['pending']} task(s) of {task_type!r} wait in the queue"
 
     # -- lifecycle --------------------------------------------------------------------------
 

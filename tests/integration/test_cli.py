@@ -225,6 +225,19 @@ def test_a_module_that_raises_on_import_prints_its_traceback_and_exits_3(tmp_pat
     assert done.stderr.strip().splitlines()[-1].startswith("taskfleet: importing 'broken_mod'")
 
 
+def test_an_invalid_worker_option_is_one_line_at_the_users_line(tmp_path):
+    (tmp_path / "zero_threads.py").write_text(
+        "from taskfleet import worker_task\n\n\n"
+        "@worker_task('resize_image', threads=0)\n"
+        "def resize(x: int) -> dict:\n"
+        "    return {'y': x}\n"
+    )
+    line = one_line_error(taskfleet("run", "zero_threads", cwd=tmp_path), cli.EXIT_USAGE)
+    assert line == (
+        "taskfleet: zero_threads.py:4: resize_image.threads: expected an integer >= 1, got 0"
+    )
+
+
 def test_a_missing_dependency_of_the_user_module_counts_as_its_import_failing(tmp_path):
     (tmp_path / "needs_dep.py").write_text("import surely_not_installed_pkg\n")
     done = taskfleet("run", "needs_dep", cwd=tmp_path)
@@ -340,6 +353,20 @@ def test_submit_with_invalid_input_json_is_a_usage_error():
     assert "--input" in line and "invalid JSON" in line
 
 
+def test_submit_with_a_conductor_server_configured_says_it_speaks_nats_only():
+    done = taskfleet(
+        "submit", "greet", "--input", "{}", env={"CONDUCTOR_SERVER_URL": "http://127.0.0.1:9/api"}
+    )
+    line = one_line_error(done, cli.EXIT_USAGE)
+    assert "speak NATS only, and CONDUCTOR_SERVER_URL is set" in line
+    assert "TASKFLEET_SOURCE=nats" in line
+
+
+def test_status_of_a_pool_whose_endpoint_is_off_asks_for_its_url():
+    done = taskfleet("status", env={"TASKFLEET_METRICS_ADDRESS": "off"})
+    assert "TASKFLEET_METRICS_ADDRESS is off" in one_line_error(done, cli.EXIT_USAGE)
+
+
 def test_submit_to_an_unreachable_server_exits_4():
     done = taskfleet(
         "submit",
@@ -410,8 +437,13 @@ def test_run_submit_wait_results_and_status_against_a_real_pool(processes, state
         return taskfleet("status", f"http://127.0.0.1:{port}").returncode == 0
 
     wait_for(pool_up, 30, "the pool's /workers")
-    status = taskfleet("status", f"http://127.0.0.1:{port}")
+    # No URL: the address comes from the same setting the pool used.
+    status = taskfleet("status", env={"TASKFLEET_METRICS_ADDRESS": f"127.0.0.1:{port}"})
     assert "greet#0" in status.stdout and "running" in status.stdout
+
+    typo = taskfleet("submit", "gret", "--wait", "--timeout", "1", env=state_env)
+    assert typo.returncode == cli.EXIT_TASKS_FAILED
+    assert "no worker has ever consumed 'gret' on this server" in typo.stderr
 
     done = taskfleet("submit", "greet", "--input", '{"name": "Ada"}', "--count", "3", "--wait",
                      "--timeout", "30", env=state_env)  # fmt: skip
@@ -427,3 +459,10 @@ def test_run_submit_wait_results_and_status_against_a_real_pool(processes, state
 
     pool.send_signal(signal.SIGINT)
     assert pool.wait(30) == cli.EXIT_OK  # a drain is a clean stop
+
+    # The pool was the embedded server's last user: a producer now starts a server of its own
+    # and says so, and says why no result comes.
+    late = taskfleet("submit", "greet", "--input", "{}", "--wait", "--timeout", "1", env=state_env)
+    assert late.returncode == cli.EXIT_TASKS_FAILED
+    assert "note: no pool's embedded server was running" in late.stderr
+    assert "no worker is consuming 'greet' now; 1 task(s) wait for a pool to run" in late.stderr

@@ -58,6 +58,11 @@ class EmbeddedNats:
         self._server: NatsServer | None = None  # set when this process started it
 
     @property
+    def started(self) -> bool:
+        """True when this process started the server (none was running when it acquired)."""
+        return self._server is not None
+
+    @property
     def discovery_file(self) -> Path:
         return self.dir / "server.json"
 
