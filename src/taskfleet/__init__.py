@@ -17,9 +17,10 @@ from ._errors import (
     TaskError,
     TaskfleetError,
 )
+from ._options import WorkerOptions
 from ._supervisor import TaskHandler
 from ._task import Task, TaskInProgress, TaskLog, TaskResult, TaskStatus
-from ._worker import Worker, WorkerInterface, WorkerOptions, worker_task
+from ._worker import Worker, WorkerInterface, worker_task
 
 __version__ = "0.1.0"
 

@@ -35,6 +35,7 @@ from types import FrameType, ModuleType
 from typing import IO, Any, NoReturn
 
 from . import __version__
+from . import _parsers as parsers
 from ._config import Configuration
 from ._errors import ConfigurationError, SourceError, TaskfleetError
 from ._local import LocalTask
@@ -750,11 +751,7 @@ def _subparser(
     return parser
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
+_positive_int = parsers.integer(1).argument
 
 
 def _add_run(subs: Any) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import _parsers as parsers
 from ._errors import ConfigurationError
 
 __all__ = ["SETTINGS", "Configuration"]
@@ -31,47 +32,20 @@ def _setting(
     env: str,
     default: Any,
     help: str,
-    parse: Callable[[str], Any] | None = None,
+    form: parsers.Form | None = None,
     *,
     secret: bool = False,
     default_factory: Callable[[], Any] | None = None,
 ) -> Any:
-    metadata = {"env": env, "help": help, "parse": parse, "secret": secret}
+    metadata = {"env": env, "help": help, "form": form, "secret": secret}
     if default_factory is not None:
         return field(default_factory=default_factory, metadata=metadata, repr=not secret)
     return field(default=default, metadata=metadata, repr=not secret)
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise ValueError
-    return value
-
-
-def _nonneg_float(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise ValueError
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError
-    return value
-
-
-def _choice(*options: str) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        value = text.strip().lower()
-        if value not in options:
-            raise ValueError
-        return value
-
-    parse.expected = " | ".join(options)  # type: ignore[attr-defined]
-    return parse
+_POSITIVE_NUMBER = parsers.number(0, inclusive=False)
+_NONNEG_NUMBER = parsers.number(0, inclusive=True)
+_POSITIVE_INT = parsers.integer(1)
 
 
 @dataclass(frozen=True)
@@ -88,7 +62,7 @@ class Configuration:
         "auto",
         "Task source: `auto` (Conductor if `CONDUCTOR_SERVER_URL` is set, else NATS at `NATS_URL`,"
         " else an embedded NATS server), `conductor`, `nats` or `memory`.",
-        _choice("auto", "conductor", "nats", "memory"),
+        parsers.choice("auto", "conductor", "nats", "memory"),
     )
     conductor_server_url: str = _setting(
         "CONDUCTOR_SERVER_URL",
@@ -105,13 +79,13 @@ class Configuration:
         "TASKFLEET_HTTP_CONNECT_TIMEOUT",
         5.0,
         "Seconds to wait for a TCP connection to the Conductor server.",
-        _positive_float,
+        _POSITIVE_NUMBER,
     )
     http_read_timeout: float = _setting(
         "TASKFLEET_HTTP_READ_TIMEOUT",
         15.0,
         "Seconds to wait for a Conductor answer beyond the long-poll wait.",
-        _positive_float,
+        _POSITIVE_NUMBER,
     )
     nats_url: str = _setting(
         "NATS_URL",
@@ -134,31 +108,31 @@ class Configuration:
         "Subject and stream prefix: tasks on `<prefix>.tasks.<type>`, stream `<PREFIX>_TASKS`.",
     )
     nats_replicas: int = _setting(
-        "TASKFLEET_NATS_REPLICAS", 1, "Stream replicas (3 on a NATS cluster).", _positive_int
+        "TASKFLEET_NATS_REPLICAS", 1, "Stream replicas (3 on a NATS cluster).", _POSITIVE_INT
     )
     nats_max_deliver: int = _setting(
         "TASKFLEET_NATS_MAX_DELIVER",
         5,
         "Deliveries of a failing task before it is dead-lettered (per worker: `max_attempts`).",
-        _positive_int,
+        _POSITIVE_INT,
     )
     nats_ack_wait: float = _setting(
         "TASKFLEET_NATS_ACK_WAIT",
         30.0,
         "Seconds JetStream waits for an ack before redelivering (leases are extended meanwhile).",
-        _positive_float,
+        _POSITIVE_NUMBER,
     )
     nats_results_max_age: float = _setting(
         "TASKFLEET_NATS_RESULTS_MAX_AGE",
         86400.0,
         "Seconds results are kept in the results stream.",
-        _positive_float,
+        _POSITIVE_NUMBER,
     )
     nats_connect_timeout: float = _setting(
         "TASKFLEET_NATS_CONNECT_TIMEOUT",
         5.0,
         "Seconds the first NATS connection may take before start-up fails.",
-        _positive_float,
+        _POSITIVE_NUMBER,
     )
     # -- the pool ---------------------------------------------------------------------------
     state_dir: str = _setting(
@@ -171,31 +145,31 @@ class Configuration:
         "TASKFLEET_DRAIN_TIMEOUT",
         30.0,
         "Seconds in-flight tasks may take to finish after SIGTERM before they are handed back.",
-        _nonneg_float,
+        _NONNEG_NUMBER,
     )
     kill_grace: float = _setting(
         "TASKFLEET_KILL_GRACE",
         2.0,
         "Seconds between SIGTERM and SIGKILL when a process is killed (time limit, wedged).",
-        _nonneg_float,
+        _NONNEG_NUMBER,
     )
     heartbeat_timeout: float = _setting(
         "TASKFLEET_HEARTBEAT_TIMEOUT",
         30.0,
         "Seconds without a heartbeat after which a worker process is treated as wedged.",
-        _positive_float,
+        _POSITIVE_NUMBER,
     )
     restart_backoff_max: float = _setting(
         "TASKFLEET_RESTART_BACKOFF_MAX",
         30.0,
         "Upper bound, seconds, of the delay before restarting a process that keeps crashing.",
-        _positive_float,
+        _POSITIVE_NUMBER,
     )
     start_method: str = _setting(
         "TASKFLEET_START_METHOD",
         "",
         "`forkserver` (Linux default), `spawn` (default elsewhere) or `fork` (opt-in).",
-        _choice("", "forkserver", "spawn", "fork"),
+        parsers.choice("", "forkserver", "spawn", "fork"),
     )
     # -- observability ----------------------------------------------------------------------
     metrics_address: str = _setting(
@@ -220,13 +194,13 @@ class Configuration:
         "TASKFLEET_LOG_LEVEL",
         "info",
         "Log level.",
-        _choice("debug", "info", "warning", "error", "critical"),
+        parsers.choice("debug", "info", "warning", "error", "critical"),
     )
     log_format: str = _setting(
         "TASKFLEET_LOG_FORMAT",
         "text",
         "`text` or `json` (one JSON object per line).",
-        _choice("text", "json"),
+        parsers.choice("text", "json"),
     )
 
     # ----------------------------------------------------------------------------------------
@@ -253,16 +227,9 @@ class Configuration:
     def validate(self) -> Configuration:
         """Check relations between settings; return self."""
         for f in dataclasses.fields(self):
-            parse = f.metadata["parse"]
             value = getattr(self, f.name)
-            if (
-                parse is not None
-                and isinstance(value, (int, float))
-                and not isinstance(value, bool)
-            ):
+            if isinstance(value, (int, float, str)) and not isinstance(value, bool):
                 _parse(f, f.metadata["env"], str(value))
-            elif parse is not None and isinstance(value, str):
-                _parse(f, f.metadata["env"], value)
         if self.conductor_server_url:
             _check_url("CONDUCTOR_SERVER_URL", self.conductor_server_url, ("http", "https"))
         for url in self.nats_urls:
@@ -332,18 +299,8 @@ class Configuration:
 
 
 def _parse(f: dataclasses.Field[Any], var: str, text: str) -> Any:
-    parse = f.metadata["parse"]
-    if parse is None:
-        return text
-    try:
-        return parse(text.strip())
-    except (ValueError, TypeError):
-        expected = getattr(parse, "expected", None) or {
-            _positive_float: "a number > 0",
-            _nonneg_float: "a number >= 0",
-            _positive_int: "an integer >= 1",
-        }.get(parse, "a valid value")
-        raise ConfigurationError(var, f"expected {expected}, got {text!r}") from None
+    form = f.metadata["form"]
+    return text if form is None else form.read(var, text)
 
 
 def _check_url(var: str, url: str, schemes: tuple[str, ...]) -> None:

@@ -51,13 +51,14 @@ from ._control import (
 )
 from ._errors import ConfigurationError
 from ._ledger import Ledger, ledger_dir
+from ._options import WorkerOptions, options_from_env
 from ._runner import EXIT_START_FAILED, ChildRecipe, child_main, source_key, time_limit_result
 from ._scratch import ScratchDir
 from ._sources import create_source
 from ._sources.base import WorkerBinding
 from ._spool import Spool
 from ._task import Task, TaskStatus
-from ._worker import Worker, WorkerOptions, as_worker, options_from_env
+from ._worker import Worker, as_worker
 
 __all__ = ["TaskHandler"]
 

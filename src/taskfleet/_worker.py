@@ -8,8 +8,7 @@ Two ways to define a worker:
 * a :class:`WorkerInterface` subclass whose ``execute(task)`` returns a :class:`TaskResult`, for
   those coming from the Conductor SDK.
 
-Per-worker settings can be overridden by environment variables compatible with the Conductor SDK:
-``CONDUCTOR_WORKER_<TASK_TYPE>_<PROPERTY>`` first, then ``CONDUCTOR_WORKER_ALL_<PROPERTY>``.
+How a worker runs (threads, processes, time limit...) is a :class:`~taskfleet._options.WorkerOptions`.
 """
 
 from __future__ import annotations
@@ -29,220 +28,15 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 from ._errors import ConfigurationError, InputError, OutputError, TaskError
+from ._options import WorkerOptions, options_of, set_option_defaults, takes_options
 from ._task import Task, TaskInProgress, TaskResult, TaskStatus
 
 __all__ = [
     "Worker",
     "WorkerInterface",
-    "WorkerOptions",
     "as_worker",
     "worker_task",
 ]
-
-#: Default pause between polls when the queue is idle, in milliseconds (as the Conductor SDK).
-DEFAULT_POLL_INTERVAL_MS = 100
-#: Default long-poll wait, in milliseconds; sent to Conductor as ``timeout`` (server max 5000).
-DEFAULT_POLL_TIMEOUT_MS = 1000
-MAX_CONDUCTOR_POLL_TIMEOUT_MS = 5000
-
-
-@dataclass(frozen=True)
-class WorkerOptions:
-    """How a worker type runs. Times in milliseconds where the Conductor SDK uses them.
-
-    Attributes:
-        threads: execution slots per process (concurrent tasks; for ``async def`` handlers, the
-            number of concurrent coroutines).
-        processes: worker processes for this task type.
-        poll_interval: ms; upper bound of the pause between polls while the queue is idle.
-        poll_timeout: ms; long-poll wait per poll request (Conductor ``timeout``, NATS fetch).
-        domain: Conductor task domain.
-        worker_id: identity reported to the server (default: the host name).
-        lease_extend: keep long tasks' leases alive: True (automatic interval), a number of
-            seconds between extensions, or False.
-        time_limit: seconds; a task running longer gets its process killed and is reported as
-            timed out (retryable). None: no limit.
-        paused: do not poll (the process stays up).
-        output_subject: NATS pipelines: publish the output as a task on this subject.
-        max_attempts: NATS: deliveries before a failing task is dead-lettered (0: the source's
-            default).
-        max_tasks_per_child: replace the process gracefully after this many tasks (0: never).
-        max_memory_per_child: MiB of resident memory after which the process is replaced
-            gracefully, checked after each task (0: never).
-    """
-
-    threads: int = 1
-    processes: int = 1
-    poll_interval: int = DEFAULT_POLL_INTERVAL_MS
-    poll_timeout: int = DEFAULT_POLL_TIMEOUT_MS
-    domain: str | None = None
-    worker_id: str | None = None
-    lease_extend: bool | float = True
-    time_limit: float | None = None
-    paused: bool = False
-    output_subject: str | None = None
-    max_attempts: int = 0
-    max_tasks_per_child: int = 0
-    max_memory_per_child: int = 0
-
-    def validate(self, task_type: str) -> WorkerOptions:
-        """Check every value; raise ConfigurationError naming the offending argument."""
-
-        def need(ok: bool, name: str, expected: str, value: Any) -> None:
-            if not ok:
-                raise ConfigurationError(
-                    f"{task_type}.{name}", f"expected {expected}, got {value!r}"
-                )
-
-        def is_int(v: Any) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        def is_num(v: Any) -> bool:
-            return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-        need(is_int(self.threads) and self.threads >= 1, "threads", "an integer >= 1", self.threads)
-        need(
-            is_int(self.processes) and self.processes >= 1,
-            "processes",
-            "an integer >= 1",
-            self.processes,
-        )
-        need(
-            is_num(self.poll_interval) and self.poll_interval >= 0,
-            "poll_interval",
-            "milliseconds >= 0",
-            self.poll_interval,
-        )
-        need(
-            is_num(self.poll_timeout) and self.poll_timeout >= 0,
-            "poll_timeout",
-            "milliseconds >= 0",
-            self.poll_timeout,
-        )
-        need(
-            self.time_limit is None or (is_num(self.time_limit) and self.time_limit > 0),
-            "time_limit",
-            "seconds > 0 or None",
-            self.time_limit,
-        )
-        need(
-            isinstance(self.lease_extend, bool)
-            or (is_num(self.lease_extend) and self.lease_extend > 0),
-            "lease_extend",
-            "True, False or seconds > 0",
-            self.lease_extend,
-        )
-        for name in ("max_attempts", "max_tasks_per_child", "max_memory_per_child"):
-            value = getattr(self, name)
-            need(is_int(value) and value >= 0, name, "an integer >= 0", value)
-        return self
-
-    @property
-    def identity(self) -> str:
-        return self.worker_id or socket.gethostname()
-
-
-# --------------------------------------------------------------------------------------------
-# Environment overrides (Conductor SDK compatible)
-# --------------------------------------------------------------------------------------------
-
-
-def _parse_bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("true", "1", "yes", "on"):
-        return True
-    if lowered in ("false", "0", "no", "off"):
-        return False
-    raise ValueError("expected true/false, 1/0, yes/no or on/off")
-
-
-def _parse_positive_int(text: str) -> int:
-    value = int(text.strip())
-    if value < 1:
-        raise ValueError("expected an integer >= 1")
-    return value
-
-
-def _parse_ms(text: str) -> int:
-    value = int(float(text.strip()))
-    if value < 0:
-        raise ValueError("expected milliseconds >= 0")
-    return value
-
-
-def _parse_seconds_or_none(text: str) -> float | None:
-    stripped = text.strip().lower()
-    if stripped in ("", "none", "0"):
-        return None
-    value = float(stripped)
-    if value <= 0:
-        raise ValueError("expected seconds > 0")
-    return value
-
-
-def _parse_lease(text: str) -> bool | float:
-    try:
-        return _parse_bool(text)
-    except ValueError:
-        value = float(text)
-        if value <= 0:
-            raise ValueError("expected true/false or seconds > 0") from None
-        return value
-
-
-def _parse_nonneg_int(text: str) -> int:
-    value = int(text.strip())
-    if value < 0:
-        raise ValueError("expected an integer >= 0")
-    return value
-
-
-#: env property -> (WorkerOptions field, parser, expected form for messages)
-ENV_PROPERTIES: dict[str, tuple[str, Callable[[str], Any], str]] = {
-    "POLL_INTERVAL": ("poll_interval", _parse_ms, "milliseconds >= 0"),
-    "POLL_TIMEOUT": ("poll_timeout", _parse_ms, "milliseconds >= 0"),
-    "THREAD_COUNT": ("threads", _parse_positive_int, "an integer >= 1"),
-    "PROCESSES": ("processes", _parse_positive_int, "an integer >= 1"),
-    "DOMAIN": ("domain", lambda s: s.strip() or None, "a domain name"),
-    "WORKER_ID": ("worker_id", lambda s: s.strip() or None, "a worker id"),
-    "PAUSED": ("paused", _parse_bool, "true/false"),
-    "TIME_LIMIT": ("time_limit", _parse_seconds_or_none, "seconds > 0, or none"),
-    "LEASE_EXTEND": ("lease_extend", _parse_lease, "true/false or seconds > 0"),
-    "MAX_TASKS_PER_CHILD": ("max_tasks_per_child", _parse_nonneg_int, "an integer >= 0"),
-    "MAX_MEMORY_PER_CHILD": ("max_memory_per_child", _parse_nonneg_int, "MiB, an integer >= 0"),
-    "MAX_ATTEMPTS": ("max_attempts", _parse_nonneg_int, "an integer >= 0"),
-}
-
-
-def _env_names(task_type: str) -> list[str]:
-    upper = task_type.upper()
-    safe = "".join(c if c.isalnum() else "_" for c in upper)
-    return [upper] if safe == upper else [upper, safe]
-
-
-def options_from_env(
-    task_type: str, options: WorkerOptions, env: Mapping[str, str]
-) -> WorkerOptions:
-    """Apply ``CONDUCTOR_WORKER_<TASK_TYPE>_<PROP>`` over ``CONDUCTOR_WORKER_ALL_<PROP>`` overrides.
-
-    Raises:
-        ConfigurationError: naming the variable when a value does not parse.
-    """
-    changes: dict[str, Any] = {}
-    for prop, (attr, parse, expected) in ENV_PROPERTIES.items():
-        candidates = [f"CONDUCTOR_WORKER_{name}_{prop}" for name in _env_names(task_type)]
-        candidates.append(f"CONDUCTOR_WORKER_ALL_{prop}")
-        for var in candidates:
-            if var in env:
-                try:
-                    changes[attr] = parse(env[var])
-                except ValueError:
-                    raise ConfigurationError(
-                        var, f"expected {expected}, got {env[var]!r}"
-                    ) from None
-                break
-    return dataclasses.replace(options, **changes) if changes else options
-
 
 # --------------------------------------------------------------------------------------------
 # Input binding
@@ -599,19 +393,8 @@ class WorkerInterface(abc.ABC):
     and the class importable. ``execute`` may be ``async def``.
     """
 
-    #: default options; override in a subclass or per instance
-    threads: int = 1
-    processes: int = 1
-    poll_interval: int = DEFAULT_POLL_INTERVAL_MS
-    poll_timeout: int = DEFAULT_POLL_TIMEOUT_MS
-    domain: str | None = None
-    worker_id: str | None = None
-    time_limit: float | None = None
-    lease_extend: bool | float = True
-    paused: bool = False
-    max_attempts: int = 0
-    max_tasks_per_child: int = 0
-    max_memory_per_child: int = 0
+    # Every worker option is a class attribute holding its default (set below, from
+    # WorkerOptions): override it in a subclass or per instance.
 
     def __init__(self, task_definition_name: str) -> None:
         self.task_definition_name = task_definition_name
@@ -626,23 +409,13 @@ class WorkerInterface(abc.ABC):
 
     @property
     def identity(self) -> str:
-        return self.worker_id or socket.gethostname()
+        return getattr(self, "worker_id", None) or socket.gethostname()
 
     def options(self) -> WorkerOptions:
-        return WorkerOptions(
-            threads=self.threads,
-            processes=self.processes,
-            poll_interval=self.poll_interval,
-            poll_timeout=self.poll_timeout,
-            domain=self.domain,
-            worker_id=self.worker_id,
-            lease_extend=self.lease_extend,
-            time_limit=self.time_limit,
-            paused=self.paused,
-            max_attempts=self.max_attempts,
-            max_tasks_per_child=self.max_tasks_per_child,
-            max_memory_per_child=self.max_memory_per_child,
-        )
+        return options_of(self)
+
+
+set_option_defaults(WorkerInterface)
 
 
 @dataclass(eq=False)
@@ -735,49 +508,20 @@ def _rebuild_worker(
     return Worker(task_type, handler, options, style)
 
 
-def worker_task(
-    task_type: str,
-    *,
-    threads: int = 1,
-    processes: int = 1,
-    poll_interval: int = DEFAULT_POLL_INTERVAL_MS,
-    poll_timeout: int = DEFAULT_POLL_TIMEOUT_MS,
-    domain: str | None = None,
-    worker_id: str | None = None,
-    lease_extend: bool | float = True,
-    time_limit: float | None = None,
-    paused: bool = False,
-    output_subject: str | None = None,
-    max_attempts: int = 0,
-    max_tasks_per_child: int = 0,
-    max_memory_per_child: int = 0,
-) -> Callable[[Callable[..., Any]], Worker]:
+@takes_options
+def worker_task(task_type: str, **options: Any) -> Callable[[Callable[..., Any]], Worker]:
     """Declare a function (``def`` or ``async def``) as the handler of ``task_type``.
 
-    See :class:`WorkerOptions` for the arguments; ``poll_interval`` and ``poll_timeout`` are in
-    milliseconds, ``time_limit`` in seconds.
+    The keyword arguments are the fields of :class:`WorkerOptions` (docs/workers.md#options);
+    ``poll_interval`` and ``poll_timeout`` are in milliseconds, ``time_limit`` in seconds.
 
     Raises:
         ConfigurationError: when an argument is invalid (at decoration time).
     """
-    options = WorkerOptions(
-        threads=threads,
-        processes=processes,
-        poll_interval=poll_interval,
-        poll_timeout=poll_timeout,
-        domain=domain,
-        worker_id=worker_id,
-        lease_extend=lease_extend,
-        time_limit=time_limit,
-        paused=paused,
-        output_subject=output_subject,
-        max_attempts=max_attempts,
-        max_tasks_per_child=max_tasks_per_child,
-        max_memory_per_child=max_memory_per_child,
-    )
+    worker_options = WorkerOptions(**options)
 
     def decorate(func: Callable[..., Any]) -> Worker:
-        return Worker(task_type, func, options)
+        return Worker(task_type, func, worker_options)
 
     return decorate
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from taskfleet._config import SETTINGS
-from taskfleet._worker import ENV_PROPERTIES
+from taskfleet._options import OPTIONS
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGE = ROOT / "docs" / "configuration.md"
@@ -24,7 +24,7 @@ def test_every_per_worker_property_is_on_the_configuration_page():
     page = PAGE.read_text()
     assert "CONDUCTOR_WORKER_<TASK_TYPE>_<PROPERTY>" in page
     assert "CONDUCTOR_WORKER_ALL_<PROPERTY>" in page
-    missing = [prop for prop in ENV_PROPERTIES if f"| `{prop}` |" not in page]
+    missing = [o.env for o in OPTIONS if o.env and f"| `{o.env}` | `{o.name}` |" not in page]
     assert not missing, f"not in docs/configuration.md: {missing}; run scripts/gen-config-doc"
 
 

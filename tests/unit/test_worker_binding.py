@@ -21,8 +21,7 @@ from taskfleet import (
     TaskStatus,
     worker_task,
 )
-from taskfleet._errors import ConfigurationError
-from taskfleet._worker import WorkerOptions, options_from_env, to_result
+from taskfleet._worker import to_result
 
 
 @dataclasses.dataclass
@@ -160,34 +159,6 @@ def test_class_worker_results_pass_through():
 def test_decorated_worker_is_still_a_plain_function_and_pickles_by_reference():
     assert whole(task=Task("t", "whole_task", attempt=1), n=1) == 2
     assert pickle.loads(pickle.dumps(resize)) is resize
-
-
-def test_env_overrides_follow_conductor_sdk_names_and_precedence():
-    env = {
-        "CONDUCTOR_WORKER_ALL_POLL_INTERVAL": "500",
-        "CONDUCTOR_WORKER_RESIZE_POLL_INTERVAL": "250",
-        "CONDUCTOR_WORKER_ALL_THREAD_COUNT": "8",
-        "CONDUCTOR_WORKER_RESIZE_DOMAIN": "blue",
-        "CONDUCTOR_WORKER_RESIZE_PAUSED": "yes",
-    }
-    options = options_from_env("resize", WorkerOptions(), env)
-    assert options.poll_interval == 250
-    assert options.threads == 8
-    assert options.domain == "blue"
-    assert options.paused is True
-
-
-def test_invalid_env_override_names_the_variable():
-    with pytest.raises(ConfigurationError) as err:
-        options_from_env(
-            "resize", WorkerOptions(), {"CONDUCTOR_WORKER_RESIZE_THREAD_COUNT": "many"}
-        )
-    assert err.value.setting == "CONDUCTOR_WORKER_RESIZE_THREAD_COUNT"
-
-
-def test_invalid_decorator_argument_fails_at_definition():
-    with pytest.raises(ConfigurationError, match="threads"):
-        worker_task("bad", threads=0)(lambda: None)
 
 
 def test_abstract_sequence_and_mapping_annotations_are_converted_and_checked():
