@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from ._config import Configuration
 from ._context import TaskContext, add_log, get_task_context
 from ._errors import (
+    AddressInUseError,
     ConfigurationError,
     DecodeError,
     InputError,
@@ -68,6 +69,7 @@ __all__ = [
     # configuration
     "Configuration",
     # errors
+    "AddressInUseError",
     "ConfigurationError",
     "DecodeError",
     "InputError",

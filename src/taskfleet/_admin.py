@@ -15,6 +15,7 @@ an error while answering is a 500, never a dead thread (``docs/deployment.md``, 
 
 from __future__ import annotations
 
+import errno
 import hmac
 import ipaddress
 import json
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _metrics as metrics
 from ._config import Configuration
+from ._errors import AddressInUseError, ConfigurationError
 
 if TYPE_CHECKING:
     from ._supervisor import TaskHandler
@@ -172,13 +174,53 @@ class _Server(ThreadingHTTPServer):
             self._slots.release()
 
 
+def _listen(config: Configuration) -> _Server:
+    """Bind the endpoint's socket (nothing is served until ``AdminServer.start``).
+
+    The default address taken (a second pool on the host, most often) falls back to a free
+    port, with a warning naming it; an address that was set is used as given or start-up fails
+    with one line, because a scrape configuration points at it.
+
+    Raises:
+        AddressInUseError: the configured address is taken.
+        ConfigurationError: it cannot be listened on for another reason (no such address).
+    """
+    bind = config.metrics_bind
+    assert bind is not None
+    address = f"{bind[0]}:{bind[1]}"
+    try:
+        return _Server(bind, MAX_CONNECTIONS, REQUEST_TIMEOUT)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise ConfigurationError(
+                "TASKFLEET_METRICS_ADDRESS", f"cannot listen on {address}: {exc.strerror}"
+            ) from None
+        if not _is_default_address(config):
+            raise AddressInUseError(
+                "TASKFLEET_METRICS_ADDRESS",
+                f"{address} is in use (another pool?): set it (or --metrics-address) to a free"
+                " host:port, or to off",
+            ) from None
+    server = _Server((bind[0], 0), MAX_CONNECTIONS, REQUEST_TIMEOUT)
+    log.warning(
+        "the default metrics address %s is in use (another pool?): serving on port %d instead;"
+        " set TASKFLEET_METRICS_ADDRESS to choose one",
+        address,
+        server.server_address[1],
+    )
+    return server
+
+
+def _is_default_address(config: Configuration) -> bool:
+    default = Configuration.__dataclass_fields__["metrics_address"].default
+    return config.metrics_address == default and not os.environ.get("TASKFLEET_METRICS_ADDRESS")
+
+
 class AdminServer:
     """Serves the endpoint on a daemon thread; ``periodic()`` writes the optional textfile."""
 
     def __init__(self, pool: TaskHandler, config: Configuration) -> None:
-        bind = config.metrics_bind
-        assert bind is not None
-        self._server = _Server(bind, MAX_CONNECTIONS, REQUEST_TIMEOUT)
+        self._server = _listen(config)
         self._server.pool = pool
         self._server.token = config.metrics_token
         self._textfile = config.metrics_textfile
@@ -219,6 +261,7 @@ class AdminServer:
     def stop(self) -> None:
         if self._textfile:
             self.write_textfile()
-        self._server.shutdown()
+        if self._thread.is_alive():  # shutdown() would wait forever for a loop never started
+            self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)

@@ -37,12 +37,13 @@ from typing import IO, Any, NoReturn
 from . import __version__
 from . import _parsers as parsers
 from ._config import Configuration
-from ._errors import ConfigurationError, SourceError, TaskfleetError
+from ._errors import AddressInUseError, ConfigurationError, SourceError, TaskfleetError
 from ._local import LocalTask
 from ._task import TaskStatus
 from ._worker import Worker, WorkerInterface, as_worker
 
 __all__ = [
+    "EXIT_ADDRESS_IN_USE",
     "EXIT_IMPORT_FAILED",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
@@ -62,6 +63,8 @@ EXIT_USAGE = 2
 EXIT_IMPORT_FAILED = 3
 #: A server is unreachable or a task source failed (NATS, Conductor, the pool's HTTP endpoint).
 EXIT_UNAVAILABLE = 4
+#: An address the pool must listen on is taken (``TASKFLEET_METRICS_ADDRESS``).
+EXIT_ADDRESS_IN_USE = 5
 #: Interrupted by Ctrl-C (128 + SIGINT, as shells report it).
 EXIT_INTERRUPTED = 130
 
@@ -342,6 +345,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     with handler:
         try:
             handler.start_processes()
+        except AddressInUseError as exc:
+            raise CliError(EXIT_ADDRESS_IN_USE, str(exc)) from None
         except ConfigurationError as exc:
             raise _usage(f"invalid setting {exc}") from None
         types = ", ".join(w.task_type for w in workers)
@@ -734,6 +739,7 @@ EXIT_CODES_HELP = f"""exit codes:
   {EXIT_USAGE}    usage error: bad option, unknown module, invalid JSON, invalid setting
   {EXIT_IMPORT_FAILED}    a user module raised while being imported (traceback printed)
   {EXIT_UNAVAILABLE}    server unreachable or task source error
+  {EXIT_ADDRESS_IN_USE}    the metrics address is in use (another pool?)
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C)"""
 
 
@@ -882,6 +888,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         _err(exc.message)
         return exc.code
+    except AddressInUseError as exc:
+        _err(str(exc))
+        return EXIT_ADDRESS_IN_USE
     except ConfigurationError as exc:
         _err(f"invalid setting {exc}")
         return EXIT_USAGE

@@ -176,7 +176,8 @@ class Configuration:
         "TASKFLEET_METRICS_ADDRESS",
         "127.0.0.1:9464",
         "host:port of the supervisor's HTTP endpoint (/metrics /healthz /readyz /workers);"
-        " port 0 picks a free port; `off` disables it.",
+        " port 0 picks a free port; `off` disables it. Taken at start-up: the default falls back"
+        " to a free port (a warning names it), an address you set fails start-up (exit 5).",
     )
     metrics_token: str = _setting(
         "TASKFLEET_METRICS_TOKEN",

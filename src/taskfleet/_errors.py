@@ -28,6 +28,10 @@ class ConfigurationError(TaskfleetError, ValueError):
         self.setting = setting
 
 
+class AddressInUseError(ConfigurationError):
+    """An address the pool must listen on is taken (another pool, or another program)."""
+
+
 class TaskError(TaskfleetError):
     """Raised by a handler to fail its task with explicit retry semantics.
 

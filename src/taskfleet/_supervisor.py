@@ -279,8 +279,10 @@ class TaskHandler:
             metrics.setup(self._metrics_dir)
             self._scratch.append(ScratchDir("ledger", ledger_dir()))
             self._ledger_dir = self._scratch[-1].path
+            self._bind_http()  # first: an address in use fails start-up before anything runs
             self._start_source()
-            self._start_http()
+            if self._http is not None:
+                self._http.start()
             now = time.monotonic()
             for child in self._children:
                 self._spawn(child, now)
@@ -434,13 +436,12 @@ class TaskHandler:
         self._agent = SourceAgent(create_source(config), self._spool)
         self._agent.start(self._bindings())
 
-    def _start_http(self) -> None:
+    def _bind_http(self) -> None:
         if self.config.metrics_bind is None:
             return
         from ._admin import AdminServer
 
         self._http = AdminServer(self, self.config)
-        self._http.start()
 
     # -- processes ----------------------------------------------------------------------------
 

@@ -466,3 +466,25 @@ def test_run_submit_wait_results_and_status_against_a_real_pool(processes, state
     assert late.returncode == cli.EXIT_TASKS_FAILED
     assert "note: no pool's embedded server was running" in late.stderr
     assert "no worker is consuming 'greet' now; 1 task(s) wait for a pool to run" in late.stderr
+
+
+# -- the metrics address ---------------------------------------------------------------------
+
+
+def test_run_with_its_metrics_address_in_use_is_one_line_and_exit_5(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = "127.0.0.1:%d" % taken.getsockname()[1]
+        done = taskfleet(
+            "run",
+            EXAMPLE,
+            env={"TASKFLEET_METRICS_ADDRESS": address, "TASKFLEET_STATE_DIR": str(tmp_path)},
+        )
+    line = one_line_error(done, cli.EXIT_ADDRESS_IN_USE)
+    assert line == (
+        f"taskfleet: TASKFLEET_METRICS_ADDRESS: {address} is in use (another pool?): set it"
+        " (or --metrics-address) to a free host:port, or to off"
+    )
+    # Nothing was started before the address was checked: no embedded server was left behind.
+    assert not (tmp_path / "nats" / "server.json").exists()

@@ -12,6 +12,7 @@ from typing import Any
 from taskfleet import _admin
 from taskfleet import _metrics as metrics
 from taskfleet._config import Configuration
+from taskfleet._errors import AddressInUseError
 
 
 class _Pool:
@@ -90,3 +91,50 @@ def test_with_a_token_metrics_and_workers_need_it_and_the_probes_do_not():
         assert _get(server, "/workers")[0] == 401
         assert _get(server, "/healthz") == (200, b"ok\n")
         assert _get(server, "/readyz") == (200, b"ready\n")
+
+
+@contextlib.contextmanager
+def _taken(port: int = 0) -> Iterator[str]:
+    """Hold ``127.0.0.1:port`` (0: any free port); yields the address. A port some other
+    program already holds is taken all the same, which is all a test needs."""
+    sock = socket.socket()
+    try:
+        with contextlib.suppress(OSError):
+            sock.bind(("127.0.0.1", port))
+            sock.listen()
+        yield f"127.0.0.1:{port or sock.getsockname()[1]}"
+    finally:
+        sock.close()
+
+
+def test_an_address_that_was_set_and_is_taken_fails_naming_the_setting():
+    with _taken() as address:
+        config = Configuration.from_env({}, metrics_address=address)
+        try:
+            _admin.AdminServer(_Pool(), config)  # type: ignore[arg-type]
+        except AddressInUseError as exc:
+            assert exc.setting == "TASKFLEET_METRICS_ADDRESS"
+            assert f"{address} is in use" in str(exc)
+        else:
+            raise AssertionError("a taken address was accepted")
+
+
+def test_the_default_address_taken_falls_back_to_a_free_port_and_says_so(monkeypatch, caplog):
+    monkeypatch.delenv("TASKFLEET_METRICS_ADDRESS", raising=False)
+    config = Configuration.from_env({})
+    assert config.metrics_address == "127.0.0.1:9464"
+    with _taken(9464):
+        server = _admin.AdminServer(_Pool(), config)  # type: ignore[arg-type]
+        server.start()
+        try:
+            assert not server.url.endswith(":9464")
+            assert _get(server, "/healthz")[0] == 200
+        finally:
+            server.stop()
+    assert "the default metrics address 127.0.0.1:9464 is in use" in caplog.text
+
+
+def test_an_endpoint_bound_but_never_started_stops_at_once():
+    # A start-up that fails after the address was bound stops it without serving first.
+    config = Configuration.from_env({}, metrics_address="127.0.0.1:0")
+    _admin.AdminServer(_Pool(), config).stop()  # type: ignore[arg-type]
