@@ -263,5 +263,5 @@ class AdminServer:
             self.write_textfile()
         if self._thread.is_alive():  # shutdown() would wait forever for a loop never started
             self._server.shutdown()
+            self._thread.join(timeout=5)
         self._server.server_close()
-        self._thread.join(timeout=5)
