@@ -475,7 +475,7 @@ def test_run_with_its_metrics_address_in_use_is_one_line_and_exit_5(tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        address = "127.0.0.1:%d" % taken.getsockname()[1]
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
         done = taskfleet(
             "run",
             EXAMPLE,
