@@ -44,11 +44,12 @@ from ._delivery import Delivery
 from ._errors import ConfigurationError, SourceError
 from ._ledger import Ledger
 from ._options import WorkerOptions
+from ._outcome import result_from_exception, to_result
 from ._sources.base import PollRequest, TaskSource
 from ._spool import Spool
 from ._task import Task, TaskResult, TaskStatus
 from ._threads import LoopThreads
-from ._worker import Worker, result_from_exception, to_result
+from ._worker import Worker
 from .hooks import call_hooks
 
 __all__ = ["ChildRecipe", "Runner", "child_main"]

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from taskfleet import InputError, NonRetryableError, Task, TaskError, TaskResult, TaskStatus
-from taskfleet._worker import Worker, result_from_exception, to_result
+from taskfleet._outcome import result_from_exception, to_result
+from taskfleet._worker import Worker
 from taskfleet.native import (
     NativeCallError,
     NativeLibrary,

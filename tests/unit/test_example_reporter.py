@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from taskfleet import Task, TaskResult, TaskStatus
-from taskfleet._worker import result_from_exception
+from taskfleet._outcome import result_from_exception
 from taskfleet.hooks import call_hooks
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "reporter" / "reporter.py"

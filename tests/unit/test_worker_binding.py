@@ -21,7 +21,7 @@ from taskfleet import (
     TaskStatus,
     worker_task,
 )
-from taskfleet._worker import to_result
+from taskfleet._outcome import to_result
 
 
 @dataclasses.dataclass
