@@ -15,12 +15,14 @@ an error while answering is a 500, never a dead thread (``docs/deployment.md``, 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hmac
 import ipaddress
 import json
 import logging
 import os
+import tempfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
@@ -248,15 +250,26 @@ class AdminServer:
             self.write_textfile()
 
     def write_textfile(self) -> None:
-        """Write the metrics for node-exporter's textfile collector (atomically, via rename)."""
+        """Write the metrics for node-exporter's textfile collector (atomically, via rename).
+
+        The temporary file has an unpredictable name and is created exclusively, so a link
+        planted beside the textfile cannot redirect the write; the rename replaces a link at the
+        textfile's own path instead of following it.
+        """
         body, _ = render_metrics()
-        tmp = f"{self._textfile}.{os.getpid()}.tmp"
+        directory, name = os.path.split(os.path.abspath(self._textfile))
+        tmp = ""
         try:
-            with open(tmp, "wb") as f:
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+            with open(fd, "wb") as f:
+                os.fchmod(f.fileno(), 0o644)  # read by node-exporter, usually another user
                 f.write(body)
             os.replace(tmp, self._textfile)
         except OSError as exc:
             log.warning("cannot write metrics textfile %s: %s", self._textfile, exc)
+            if tmp:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
 
     def stop(self) -> None:
         if self._textfile:

@@ -286,6 +286,12 @@ class Configuration:
             )
         return (host.strip("[]") or "127.0.0.1", int(port))
 
+    def __repr__(self) -> str:
+        """Like a dataclass's, with secret settings left out and URL credentials redacted."""
+        shown = self.describe()
+        values = ", ".join(f"{f.name}={shown[f.name]!r}" for f in dataclasses.fields(self) if f.repr)
+        return f"Configuration({values})"
+
     def describe(self) -> dict[str, Any]:
         """Settings as a dict with secrets redacted (for logs and `/workers`)."""
         out: dict[str, Any] = {}

@@ -67,7 +67,8 @@ class Ledger:
     @classmethod
     def create(cls, path: str | Path, slots: int) -> Ledger:
         """Create the file, zero-filled (every record empty), and map it."""
-        with open(path, "wb") as f:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with open(fd, "wb") as f:
             f.truncate(slots * RECORD_SIZE)
         return cls(path, slots)
 

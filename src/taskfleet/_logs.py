@@ -17,6 +17,10 @@ treatment by attaching the filters to your handler::
     handler.addFilter(RedactingFilter(secrets_of(config)))
     handler.setFormatter(JsonFormatter())   # or TextFormatter()
 
+The same rule applies to what leaves a process other than log lines: :func:`redact` and
+:func:`redact_result` mask failure reasons, task log lines and the errors ``/workers`` shows, with
+the secrets :func:`configure_logging` (or :func:`use_secrets`) last gave this process.
+
 Each process configures its own logging (worker processes are started fresh, not forked with the
 supervisor's handlers), so the supervisor passes level, format and secrets to every child.
 """
@@ -38,6 +42,7 @@ from ._errors import ConfigurationError
 
 if TYPE_CHECKING:
     from ._config import Configuration
+    from ._task import TaskResult
 
 __all__ = [
     "JsonFormatter",
@@ -45,7 +50,10 @@ __all__ = [
     "TaskContextFilter",
     "TextFormatter",
     "configure_logging",
+    "redact",
+    "redact_result",
     "secrets_of",
+    "use_secrets",
 ]
 
 ROOT_LOGGER = "taskfleet"
@@ -113,6 +121,31 @@ class RedactingFilter(logging.Filter):
             if key not in _STANDARD_ATTRS and isinstance(value, str):
                 setattr(record, key, self.redact(value))
         return True
+
+
+#: The rule of :func:`redact` in this process (its secrets set by :func:`use_secrets`).
+_process_filter = RedactingFilter()
+
+
+def use_secrets(secrets: Iterable[str]) -> None:
+    """Make :func:`redact` mask these secrets (besides URL passwords and token-like values)."""
+    global _process_filter
+    _process_filter = RedactingFilter(secrets)
+
+
+def redact(text: str) -> str:
+    """``text`` masked with the rule of this process's logs."""
+    return _process_filter.redact(text)
+
+
+def redact_result(result: TaskResult) -> None:
+    """Mask secrets in what a result carries beyond the process: its reason and its log lines."""
+    if result.reason_for_incompletion:
+        result.reason_for_incompletion = redact(result.reason_for_incompletion)
+    for i, entry in enumerate(result.logs):
+        masked = redact(entry.log)
+        if masked != entry.log:
+            result.logs[i] = dataclasses.replace(entry, log=masked)
 
 
 class TaskContextFilter(logging.Filter):
@@ -210,6 +243,8 @@ def configure_logging(
     numeric = _level(level)
     if fmt not in FORMATS:
         raise ConfigurationError("TASKFLEET_LOG_FORMAT", f"expected text | json, got {fmt!r}")
+    secrets = list(secrets)
+    use_secrets(secrets)
     logger = logging.getLogger(ROOT_LOGGER)
     for old in [h for h in logger.handlers if getattr(h, "_taskfleet", False)]:
         logger.removeHandler(old)

@@ -43,6 +43,7 @@ from ._control import ChildStatus, ControlClient, pack_task
 from ._delivery import Delivery
 from ._errors import ConfigurationError, SourceError
 from ._ledger import Ledger
+from ._logs import redact, redact_result
 from ._options import WorkerOptions
 from ._outcome import result_from_exception, to_result
 from ._sources.base import PollRequest, TaskSource
@@ -279,7 +280,7 @@ class Runner:
         return errors.next()
 
     def _record_error(self, exc: BaseException) -> None:
-        self._stats.last_error = f"{type(exc).__name__}: {exc}"[:300]
+        self._stats.last_error = redact(f"{type(exc).__name__}: {exc}")[:300]
         log.warning("%s: %s", self.task_type, self._stats.last_error)
 
     async def _sleep(self, seconds: float | None) -> None:
@@ -450,6 +451,8 @@ class Runner:
         except BaseException as exc:
             result = result_from_exception(task, exc, self.worker_id)
         result.logs[:0] = ctx.logs
+        if result.reason_for_incompletion or result.logs:
+            redact_result(result)  # both leave the process: to the server, into results
         duration = time.monotonic() - started
         m.task_execute_time_seconds.labels(self.task_type, result.status.value).observe(duration)
         if result.status.is_failure:
@@ -588,7 +591,7 @@ def child_main(recipe: ChildRecipe) -> None:
         spool = Spool(recipe.config.state_path / "spool.sqlite3", source_key(recipe.config))
     except (ConfigurationError, SourceError) as exc:
         log.error("%s: cannot start: %s", recipe.worker.task_type, exc)
-        control.leaving(f"start failed: {exc}")
+        control.leaving(redact(f"start failed: {exc}"))
         sys.exit(EXIT_START_FAILED)
     ledger = None
     if recipe.ledger_path:
@@ -613,7 +616,7 @@ def child_main(recipe: ChildRecipe) -> None:
         reason = asyncio.run(runner.run())
     except (ConfigurationError, SourceError) as exc:
         log.error("%s: cannot start: %s", recipe.worker.task_type, exc)
-        control.leaving(f"start failed: {exc}")
+        control.leaving(redact(f"start failed: {exc}"))
         sys.exit(EXIT_START_FAILED)
     finally:
         spool.close()

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _json
+from ._private import private_dir, private_file, tighten
 from ._task import Task, TaskLog, TaskResult, TaskStatus
 
 __all__ = ["Spool", "SpooledResult"]
@@ -93,7 +94,11 @@ class Spool:
     def __init__(self, path: str | os.PathLike[str], source: str) -> None:
         self.path = Path(path)
         self.source = source
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # The spool holds task outputs: owner only, like the state directory it lives in.
+        private_dir(self.path.parent)
+        private_file(self.path)
+        for extra in ("-wal", "-shm"):  # SQLite gives these the database file's mode
+            tighten(f"{self.path}{extra}")
         self._lock = threading.Lock()
         self._db = sqlite3.connect(
             self.path, timeout=30.0, isolation_level=None, check_same_thread=False

@@ -105,3 +105,34 @@ def test_a_three_node_cluster_elects_a_leader_and_every_node_accepts_clients(tmp
         assert len(cluster.urls) == 3
         assert all(_accepts(url) for url in cluster.urls)
         assert time.monotonic() - start < 30
+
+
+def test_the_embedded_servers_files_are_the_owners_only(tmp_path):
+    import asyncio
+    import os
+    import stat
+
+    import nats
+
+    async def store_a_message(url: str) -> None:
+        client = await nats.connect(url)
+        js = client.jetstream()
+        await js.add_stream(name="PRIVATE", subjects=["private.>"])
+        await js.publish("private.x", b"task input")
+        await client.close()
+
+    old = os.umask(0o022)
+    try:
+        state = tmp_path / "state"
+        with EmbeddedNats(state) as url:
+            asyncio.run(store_a_message(url))
+            paths = [state, *state.rglob("*")]
+    finally:
+        os.umask(old)
+    assert len(paths) > 5  # the store holds the stream's files
+    loose = [
+        f"{p.relative_to(tmp_path)} {oct(stat.S_IMODE(p.lstat().st_mode))}"
+        for p in paths
+        if p.exists() and stat.S_IMODE(p.lstat().st_mode) & 0o077
+    ]
+    assert not loose

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import os
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -138,3 +139,17 @@ def test_an_endpoint_bound_but_never_started_stops_at_once():
     # A start-up that fails after the address was bound stops it without serving first.
     config = Configuration.from_env({}, metrics_address="127.0.0.1:0")
     _admin.AdminServer(_Pool(), config).stop()  # type: ignore[arg-type]
+
+
+def test_the_metrics_textfile_is_written_without_following_a_planted_link(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    textfile = tmp_path / "pool.prom"
+    # Whoever can write the textfile's directory plants links where a temporary file might go.
+    for pid in range(os.getpid() - 5, os.getpid() + 5):
+        os.symlink(victim, f"{textfile}.{pid}.tmp")
+    with _serving(metrics_textfile=str(textfile)) as server:
+        server.write_textfile()
+    assert victim.read_text() == "precious\n"
+    assert textfile.is_file() and not textfile.is_symlink()
+    assert b"# HELP" in textfile.read_bytes()

@@ -34,6 +34,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+from .._private import private_dir, private_file
 from .server import NatsServer
 
 __all__ = ["EmbeddedNats"]
@@ -70,9 +71,10 @@ class EmbeddedNats:
         """Join (or start) the shared server and return its URL. Idempotent."""
         if self.url is not None:
             return self.url
-        self.dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.dir.parent)  # the state directory
+        private_dir(self.dir)
         with self._start_lock():
-            users = open(self.dir / "users.lock", "a+b")  # noqa: SIM115 - held for the lease
+            users = open(private_file(self.dir / "users.lock"), "a+b")  # noqa: SIM115 - held for the lease
             fcntl.flock(users, fcntl.LOCK_SH)
             try:
                 url = self._running_url()
@@ -93,7 +95,7 @@ class EmbeddedNats:
         with self._start_lock():
             self._users.close()
             self._users, self.url = None, None
-            with open(self.dir / "users.lock", "a+b") as probe:
+            with open(private_file(self.dir / "users.lock"), "a+b") as probe:
                 try:
                     fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
@@ -115,7 +117,7 @@ class EmbeddedNats:
 
     @contextlib.contextmanager
     def _start_lock(self) -> Any:
-        with open(self.dir / "start.lock", "a+b") as lock:
+        with open(private_file(self.dir / "start.lock"), "a+b") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield
@@ -130,7 +132,7 @@ class EmbeddedNats:
         return data if isinstance(data, dict) else None
 
     def _write_discovery(self, url: str, pid: int) -> None:
-        tmp = self.discovery_file.with_suffix(".tmp")
+        tmp = private_file(self.discovery_file.with_suffix(".tmp"))
         tmp.write_text(json.dumps({"url": url, "pid": pid, "store_dir": str(self.dir)}))
         os.replace(tmp, self.discovery_file)  # atomic: readers never see half a file
 

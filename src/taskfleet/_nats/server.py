@@ -26,6 +26,7 @@ from pathlib import Path
 from types import TracebackType
 
 from .._errors import TaskfleetError
+from .._private import private_dir, private_file
 
 __all__ = ["NatsCluster", "NatsServer", "NatsServerError", "find_nats_server"]
 
@@ -182,9 +183,9 @@ class NatsServer:
         if self.port is not None:
             self.requested_port = self.port
         self.port = self.monitor_port = None
-        self.store_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.store_dir)
         # Logs go to a file, not a pipe: a pipe nobody drains would block the server once full.
-        with open(self.log_path, "ab") as log:
+        with open(private_file(self.log_path), "ab") as log:
             self._log_offset = log.tell()
             self._process = subprocess.Popen(
                 self.command(),
@@ -192,6 +193,7 @@ class NatsServer:
                 stdout=log,
                 stderr=log,
                 start_new_session=self.new_session,
+                umask=0o077,  # its store holds task inputs and results: owner only
             )
         if wait:
             self.wait_ready()
