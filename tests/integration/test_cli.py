@@ -375,7 +375,22 @@ def test_submit_to_an_unreachable_server_exits_4():
         f"nats://127.0.0.1:{free_port()}",
         env={"TASKFLEET_NATS_CONNECT_TIMEOUT": "1"},
     )
-    one_line_error(done, cli.EXIT_UNAVAILABLE)
+    assert "connection refused" in one_line_error(done, cli.EXIT_UNAVAILABLE)
+
+
+def test_run_against_a_refused_nats_server_is_one_line_saying_so(tmp_path):
+    done = taskfleet(
+        "run",
+        EXAMPLE,
+        env={
+            "NATS_URL": f"nats://127.0.0.1:{free_port()}",
+            "TASKFLEET_NATS_CONNECT_TIMEOUT": "1",
+            "TASKFLEET_METRICS_ADDRESS": "off",
+            "TASKFLEET_STATE_DIR": str(tmp_path),
+        },
+    )
+    line = one_line_error(done, cli.EXIT_UNAVAILABLE)
+    assert "within 1 s: connection refused (nothing listens there); check NATS_URL" in line
 
 
 # -- real pools and servers ------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 from typing import Any
 
@@ -87,20 +88,38 @@ async def connect(config: Configuration, servers: list[str], *, name: str = "tas
         if not (client.is_closed or client.is_draining):
             log.warning("disconnected from NATS at %s; reconnecting", where)
 
+    errors: list[BaseException] = []
+
+    async def on_error(exc: Exception) -> None:
+        # While the first connection is tried, the attempts' errors say why it does not
+        # come (refused, unknown host, TLS, authorization): the last one goes into the one
+        # error raised below instead of a warning per attempt.
+        if not connected:
+            errors[:] = [exc]
+            log.debug("NATS connection attempt failed: %s", _describe(exc))
+            return
+        await _on_error(exc)
+
     options = connection_options(config, servers, name)
     options["disconnected_cb"] = on_disconnected
+    options["error_cb"] = on_error
+    connected = False
     try:
         await asyncio.wait_for(
             client.connect(**options),
             config.nats_connect_timeout,
         )
+        connected = True
     except Exception as exc:  # asyncio.TimeoutError included
         with contextlib.suppress(Exception):
             await asyncio.wait_for(client.close(), 1.0)
-        detail = "timed out" if isinstance(exc, asyncio.TimeoutError) else _describe(exc)
+        if not isinstance(exc, asyncio.TimeoutError):
+            detail = _describe(exc)
+        else:  # the client retried until the time was up: say why its attempts failed
+            detail = _describe(errors[-1]) if errors else "timed out"
         raise SourceError(
-            f"cannot connect to NATS at {where} within {config.nats_connect_timeout:g} s"
-            f" ({detail}); check NATS_URL and that the server is running"
+            f"cannot connect to NATS at {where} within {config.nats_connect_timeout:g} s:"
+            f" {detail}; check NATS_URL and that the server is running"
         ) from None
     return client
 
@@ -155,6 +174,13 @@ def error_code(exc: BaseException) -> int | None:
 
 
 def _describe(exc: BaseException) -> str:
+    """What went wrong, in the words an operator looks for first."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (nothing listens there)"
+    if isinstance(exc, socket.gaierror):
+        return f"unknown host ({exc.strerror})"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS failed: {exc.reason or exc}"
     text = str(exc) or type(exc).__name__
     return text if text.startswith("nats") else f"{type(exc).__name__}: {text}"
 
