@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -168,7 +169,8 @@ class Configuration:
     start_method: str = _setting(
         "TASKFLEET_START_METHOD",
         "",
-        "`forkserver` (Linux default), `spawn` (default elsewhere) or `fork` (opt-in).",
+        "`forkserver` (Linux default), `spawn` (default elsewhere) or `fork` (opt-in);"
+        " `forkserver` is refused on Python 3.10.0-3.10.8 (CVE-2022-42919).",
         parsers.choice("", "forkserver", "spawn", "fork"),
     )
     # -- observability ----------------------------------------------------------------------
@@ -247,6 +249,13 @@ class Configuration:
             missing = "CONDUCTOR_AUTH_SECRET" if self.conductor_auth_key else "CONDUCTOR_AUTH_KEY"
             raise ConfigurationError(missing, "is required when the other auth setting is set")
         self.metrics_bind  # noqa: B018 - parses and raises on a bad address
+        if self.start_method == "forkserver" and not _forkserver_safe():
+            raise ConfigurationError(
+                "TASKFLEET_START_METHOD",
+                f"forkserver is unsafe on Python {'.'.join(map(str, PYTHON_VERSION))}"
+                " (CVE-2022-42919, local privilege escalation): upgrade to 3.10.9 or later,"
+                " or use spawn",
+            )
         return self
 
     def replace(self, **changes: Any) -> Configuration:
@@ -260,6 +269,15 @@ class Configuration:
         if self.source != "auto":
             return self.source
         return "conductor" if self.conductor_server_url else "nats"
+
+    @property
+    def resolved_start_method(self) -> str:
+        """How worker processes start: the setting, else forkserver on Linux where it is safe,
+        else spawn."""
+        if self.start_method:
+            return self.start_method
+        linux = sys.platform.startswith("linux")
+        return "forkserver" if linux and _forkserver_safe() else "spawn"
 
     @property
     def embedded_nats(self) -> bool:
@@ -303,6 +321,16 @@ class Configuration:
                 value = redact_url(value)
             out[f.name] = value
         return out
+
+
+#: The running interpreter's version (a name of its own so tests can pretend another one).
+PYTHON_VERSION: tuple[int, int, int] = tuple(sys.version_info[:3])  # type: ignore[assignment]
+
+
+def _forkserver_safe() -> bool:
+    """False on Python 3.10.0-3.10.8, whose forkserver listens on an abstract socket any local
+    user can connect to and have code run as the pool's user (CVE-2022-42919, fixed in 3.10.9)."""
+    return not (3, 10, 0) <= PYTHON_VERSION < (3, 10, 9)
 
 
 def _parse(f: dataclasses.Field[Any], var: str, text: str) -> Any:

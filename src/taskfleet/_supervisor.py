@@ -25,7 +25,6 @@ import os
 import pickle
 import random
 import signal
-import sys
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -143,10 +142,6 @@ class Child:
         }
 
 
-def _default_start_method() -> str:
-    return "forkserver" if sys.platform.startswith("linux") else "spawn"
-
-
 def _exit_reason(exitcode: int | None) -> tuple[str, str]:
     """(human reason, bounded metric label) for a process exit code."""
     if exitcode is None:
@@ -205,7 +200,7 @@ class TaskHandler:
                 self._children.append(Child(worker, options, index))
         self.hooks = tuple(hooks)
         self._install_signals = install_signal_handlers
-        method = self.config.start_method or _default_start_method()
+        method = self.config.resolved_start_method
         self._ctx = multiprocessing.get_context(method)
         if method == "forkserver":
             # Children fork from a server that has already imported the runtime and the source

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from taskfleet import Configuration, ConfigurationError
+from taskfleet import _config as config_module
 
 
 def test_defaults_select_the_embedded_nats_server():
@@ -56,3 +59,21 @@ def test_secrets_are_redacted_in_repr_and_describe():
 def test_credentials_in_urls_are_redacted():
     config = Configuration.from_env({"NATS_URL": "nats://user:hunter2@h:4222"})
     assert "hunter2" not in str(config.describe())
+
+
+@pytest.mark.parametrize("version", [(3, 10, 0), (3, 10, 8)])
+def test_forkserver_is_refused_on_pythons_open_to_cve_2022_42919(monkeypatch, version):
+    monkeypatch.setattr(config_module, "PYTHON_VERSION", version)
+    with pytest.raises(ConfigurationError) as caught:
+        Configuration.from_env({"TASKFLEET_START_METHOD": "forkserver"})
+    assert caught.value.setting == "TASKFLEET_START_METHOD"
+    assert "CVE-2022-42919" in str(caught.value) and "\n" not in str(caught.value)
+    # Left to itself, the pool starts its processes another way there.
+    assert Configuration.from_env({}).resolved_start_method == "spawn"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="forkserver is Linux's default")
+def test_forkserver_stays_the_linux_default_on_fixed_pythons(monkeypatch):
+    monkeypatch.setattr(config_module, "PYTHON_VERSION", (3, 10, 9))
+    assert Configuration.from_env({}).resolved_start_method == "forkserver"
+    assert Configuration.from_env({"TASKFLEET_START_METHOD": "forkserver"}).start_method
