@@ -17,16 +17,23 @@ from __future__ import annotations
 
 import logging
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import requests
 
 from taskfleet import Task, TaskResult, TaskStatus
-from taskfleet._config import redact_url
 from taskfleet.hooks import HookBase
 
 logger = logging.getLogger("taskfleet.examples.reporter")
+
+
+def _without_credentials(url: str) -> str:
+    """``url`` as logs may show it: any ``user:password@`` left out."""
+    parts = urllib.parse.urlsplit(url)
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+
 
 #: Builds the custom ``data`` of an event from the task and, after execution, its result.
 DataFunction = Callable[[Task, "TaskResult | None"], Mapping[str, Any]]
@@ -108,7 +115,7 @@ class HttpStatusReporter(HookBase):
             if response.status_code >= 400:
                 logger.warning(
                     "status endpoint %s answered %d to %s of task %s",
-                    redact_url(self.url),
+                    _without_credentials(self.url),
                     response.status_code,
                     event,
                     task.task_id,
@@ -120,7 +127,7 @@ class HttpStatusReporter(HookBase):
                 "could not post %s of task %s to %s: %s",
                 event,
                 task.task_id,
-                redact_url(self.url),
+                _without_credentials(self.url),
                 type(exc).__name__,
             )
             logger.debug("status post failed", exc_info=True)

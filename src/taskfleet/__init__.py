@@ -23,26 +23,46 @@ from ._supervisor import TaskHandler
 from ._task import Task, TaskInProgress, TaskLog, TaskResult, TaskStatus
 from ._worker import Worker, WorkerInterface, worker_task
 
-__version__ = "0.1.0"
-
 # The NATS client pulls in nats-py and protobuf (about 150 ms): loaded on first use, so workers
 # and Conductor-only programs do not pay for it at import.
 _LAZY = {"ResultTimeout": "._client", "TaskClient": "._client", "TaskOutcome": "._client"}
 
 
 def __getattr__(name: str) -> object:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
+    if name == "__version__":
+        value: object = _version()
+    else:
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        import importlib
 
-    value = getattr(importlib.import_module(module, __name__), name)
+        value = getattr(importlib.import_module(module, __name__), name)
     globals()[name] = value
     return value
 
 
+def _version() -> str:
+    """The version of the installed distribution, which setup.cfg defines; read from setup.cfg
+    itself when running from a source tree that is not installed. (On first use: reading package
+    metadata costs tens of milliseconds that ``import taskfleet`` need not pay.)"""
+    from importlib import metadata
+
+    try:
+        return metadata.version("taskfleet")
+    except metadata.PackageNotFoundError:
+        import configparser
+        from pathlib import Path
+
+        setup = configparser.ConfigParser()
+        setup.read(Path(__file__).resolve().parents[2] / "setup.cfg")
+        return setup.get("metadata", "version", fallback="0+unknown")
+
+
 if TYPE_CHECKING:
     from ._client import ResultTimeout, TaskClient, TaskOutcome
+
+    __version__: str
 
 __all__ = [
     # defining workers

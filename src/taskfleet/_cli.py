@@ -34,7 +34,6 @@ from pathlib import Path
 from types import FrameType, ModuleType
 from typing import IO, Any, NoReturn
 
-from . import __version__
 from . import _parsers as parsers
 from ._config import Configuration
 from ._errors import AddressInUseError, ConfigurationError, SourceError, TaskfleetError
@@ -853,6 +852,19 @@ def _add_config(subs: Any) -> None:
     _add_config_flags(p)
 
 
+class _Version(argparse.Action):
+    """``--version``: the version is read from package metadata only when asked for."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, argparse.SUPPRESS, nargs=0, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        import taskfleet
+
+        print(f"{PROG} {taskfleet.__version__}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``taskfleet`` argument parser with every sub-command."""
     parser = argparse.ArgumentParser(
@@ -861,7 +873,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument("--version", action=_Version, help="show the version and exit")
     subs = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in (_add_run, _add_local, _add_submit, _add_results, _add_nats_server):
         add(subs)

@@ -294,7 +294,8 @@ class Metrics:
 _lock = threading.Lock()
 _metrics: Metrics | None = None
 # prometheus_client asks for the pid on every write to notice forks; a system call each time
-# (several per task). Cached here, and refreshed in a forked child before anything else runs.
+# (several per task). Cached here, refreshed by setup() and, in a child forked after setup(),
+# before anything else runs.
 _pid = os.getpid()
 
 
@@ -310,7 +311,7 @@ def _after_fork() -> None:
         child._values = []
 
 
-os.register_at_fork(after_in_child=_after_fork)
+_fork_hook = False
 _multiproc_dir: str | None = None
 _buffering = False
 
@@ -323,10 +324,16 @@ def setup(multiproc_dir: str | None, *, buffered: bool = False) -> None:
     ``buffered`` (worker processes, multiprocess mode only): per-task metrics hold their
     increments until :func:`flush` (see the module docstring).
     """
-    global _metrics, _multiproc_dir, _buffering
+    global _metrics, _multiproc_dir, _buffering, _pid, _fork_hook
     from prometheus_client import values
 
     with _lock:
+        _pid = os.getpid()
+        if not _fork_hook:
+            # Registered by the first set-up rather than at import: importing taskfleet leaves
+            # a program's forks alone. Processes forked from here on refresh the cached pid.
+            os.register_at_fork(after_in_child=_after_fork)
+            _fork_hook = True
         flush()
         _buffered.clear()
         if multiproc_dir and not os.path.isdir(multiproc_dir):

@@ -17,7 +17,7 @@ Rules, the same for every hook (they are :func:`call_hooks`'s promise):
   traceback) and the remaining hooks still run; the task goes on as if the hook had returned.
   Hooks cannot change results or veto work: that keeps a buggy reporter from failing tasks.
 * **Where they run.** In the worker process, on the thread that runs the event: execute hooks on
-  the task's execution slot (so :func:`taskfleet._context.current_task_context` works there), poll
+  the task's execution slot (so :func:`taskfleet.get_task_context` works there), poll
   and report hooks on the runner's loop. A slow hook slows that slot; keep them quick or hand work
   to a queue. Hooks objects are pickled into each worker process, so build network clients lazily
   in the process, not in ``__init__``.
