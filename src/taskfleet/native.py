@@ -494,7 +494,7 @@ def native_worker(
             (buffers are ``bytes``, sent base64-encoded in JSON input).
         output: the output key for the return value (``bytes`` results are base64-encoded);
             None for no output.
-        options: worker options, as for :func:`~taskfleet._worker.worker_task` (``threads``,
+        options: worker options, as for :func:`~taskfleet.worker_task` (``threads``,
             ``processes``, ``time_limit``...).
 
     The worker pickles by value (library path, declaration, input names), so it can be defined
