@@ -12,6 +12,7 @@ import logging
 import threading
 from collections.abc import Coroutine, Sequence
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any, TypeVar
 
 from . import _metrics as metrics
@@ -31,9 +32,11 @@ T = TypeVar("T")
 class SourceAgent:
     """Runs ``source`` on a private event loop thread."""
 
-    def __init__(self, source: TaskSource, spool: Spool | None) -> None:
+    def __init__(self, source: TaskSource) -> None:
         self.source = source
-        self.delivery = Delivery(source, spool)
+        #: the spool this agent delivers to and from (set by :meth:`start`)
+        self.spool: Spool | None = None
+        self.delivery = Delivery(source, None)
         self._loop = BackgroundLoop("taskfleet-agent")
         self._closed = False
         self._pending: set[Future[Any]] = set()
@@ -61,14 +64,24 @@ class SourceAgent:
         if not future.cancelled() and future.exception() is not None:
             log.error("supervisor source call failed: %r", future.exception())
 
-    def start(self, bindings: Sequence[WorkerBinding], timeout: float = 60.0) -> None:
-        """Connect and provision. Raises SourceError/ConfigurationError when impossible."""
+    def start(
+        self,
+        bindings: Sequence[WorkerBinding],
+        spool_path: Path | None = None,
+        timeout: float = 60.0,
+    ) -> None:
+        """Connect and provision, then open the spool at ``spool_path`` (None: no spool) for
+        the server the source connected to. Raises SourceError/ConfigurationError when
+        impossible."""
 
         async def go() -> None:
             await self.source.start()
             await self.source.prepare(bindings)
 
         self.call(go(), timeout)
+        if spool_path is not None:
+            self.spool = Spool(spool_path, self.source.spool_key())
+            self.delivery = Delivery(self.source, self.spool)
 
     def report(self, task: Task, result: TaskResult) -> Future[Any]:
         """Deliver ``result`` for ``task`` (retries, then the spool), in the background."""
@@ -119,3 +132,5 @@ class SourceAgent:
         except Exception as exc:
             log.warning("closing the supervisor's source: %r", exc)
         self._loop.stop(timeout=5)
+        if self.spool is not None:
+            self.spool.close()

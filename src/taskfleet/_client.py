@@ -3,7 +3,7 @@
 The client owns an asyncio loop in a background thread (``_loop.py``); every public method is a
 blocking call into it, so scripts, web handlers and notebooks need no ``async``. It talks to
 ``NATS_URL``, or — when none is configured — to the machine's shared embedded server
-(:class:`taskfleet._nats.embedded.EmbeddedNats`), starting it if no other process has.
+(:func:`taskfleet._nats.embedded.servers_for`), starting it if no other process has.
 
 How results are read: per task type, one *ordered consumer* (ephemeral, flow-controlled, recreated
 by nats-py after a gap) on ``<prefix>.results.<type>`` from the start of the results stream. Every
@@ -31,6 +31,7 @@ from ._config import Configuration
 from ._errors import ConfigurationError, DecodeError, SourceError, TaskfleetError
 from ._loop import BackgroundLoop, CallTimedOut
 from ._nats.connect import connect, ensure_streams
+from ._nats.embedded import servers_for
 from ._nats.wire import Subjects, consumer_name, decode_result, encode_task
 from ._task import TaskLog, TaskStatus
 
@@ -145,20 +146,15 @@ class TaskClient:
         #: the URL of the embedded server this client had to start because none was running
         #: (so no pool on this machine uses that state directory right now), else ""
         self.started_server = ""
-        servers = config.nats_urls
-        if not servers:
-            from ._nats.embedded import EmbeddedNats
-
-            self._lease = EmbeddedNats(config.state_path)
-            servers = [self._lease.acquire()]
-            if self._lease.started:
-                self.started_server = servers[0]
-                log.warning(
-                    "no embedded server was running for state directory %s: started one at %s;"
-                    " tasks wait there until a pool with that state directory runs",
-                    config.state_path,
-                    servers[0],
-                )
+        servers, self._lease = servers_for(config)
+        if self._lease is not None and self._lease.started:
+            self.started_server = servers[0]
+            log.warning(
+                "no embedded server was running for state directory %s: started one at %s;"
+                " tasks wait there until a pool with that state directory runs",
+                config.state_path,
+                servers[0],
+            )
         self._loop = BackgroundLoop("taskfleet-client")
         try:
             self._nc: Any = self._call(connect(config, servers, name="taskfleet-client"))

@@ -588,7 +588,7 @@ def child_main(recipe: ChildRecipe) -> None:
     control = ControlClient(recipe.conn)
     try:
         source = create_source(recipe.config)
-        spool = Spool(recipe.config.state_path / "spool.sqlite3", source_key(recipe.config))
+        spool = Spool(recipe.config.state_path / "spool.sqlite3", source.spool_key())
     except (ConfigurationError, SourceError) as exc:
         log.error("%s: cannot start: %s", recipe.worker.task_type, exc)
         control.leaving(redact(f"start failed: {exc}"))
@@ -622,17 +622,6 @@ def child_main(recipe: ChildRecipe) -> None:
         spool.close()
     control.leaving(reason)
     sys.exit(EXIT_OK)
-
-
-def source_key(config: Configuration) -> str:
-    """Identifies the server results belong to, so a spool is never delivered elsewhere."""
-    from ._config import redact_url
-
-    if config.resolved_source == "conductor":
-        return "conductor " + redact_url(config.conductor_server_url)
-    if config.resolved_source == "nats":
-        return f"nats {config.nats_prefix} " + ",".join(redact_url(u) for u in config.nats_urls)
-    return config.resolved_source
 
 
 def run_inline(

@@ -51,7 +51,7 @@ from ._control import (
 from ._errors import ConfigurationError
 from ._ledger import Ledger, ledger_dir
 from ._options import WorkerOptions, options_from_env
-from ._runner import EXIT_START_FAILED, ChildRecipe, child_main, source_key, time_limit_result
+from ._runner import EXIT_START_FAILED, ChildRecipe, child_main, time_limit_result
 from ._scratch import ScratchDir
 from ._sources import create_source
 from ._sources.base import WorkerBinding
@@ -200,16 +200,7 @@ class TaskHandler:
                 self._children.append(Child(worker, options, index))
         self.hooks = tuple(hooks)
         self._install_signals = install_signal_handlers
-        method = self.config.resolved_start_method
-        self._ctx = multiprocessing.get_context(method)
-        if method == "forkserver":
-            # Children fork from a server that has already imported the runtime and the source
-            # (no threads, no sockets): a restarted process is serving again sooner.
-            source = self.config.resolved_source
-            preload = ["taskfleet._runner", "taskfleet._delivery"]
-            if source in ("conductor", "nats"):
-                preload.append(f"taskfleet._sources.{source}")
-            self._ctx.set_forkserver_preload(preload)
+        self._ctx = multiprocessing.get_context(self.config.resolved_start_method)
         self._lock = threading.RLock()
         self._started = False
         self._stopping = False
@@ -225,7 +216,6 @@ class TaskHandler:
         self._scratch: list[ScratchDir] = []
         self._spawns = 0
         self._child_config = self.config
-        self._embedded: Any = None
         self._http: Any = None
         self._old_handlers: dict[int, Any] = {}
         self._last_tick = time.monotonic()
@@ -276,6 +266,7 @@ class TaskHandler:
             self._ledger_dir = self._scratch[-1].path
             self._bind_http()  # first: an address in use fails start-up before anything runs
             self._start_source()
+            self._preload()
             if self._http is not None:
                 self._http.start()
             now = time.monotonic()
@@ -302,7 +293,7 @@ class TaskHandler:
             "started %d worker process(es) for %s on %s",
             len(self._children),
             ", ".join(sorted({c.task_type for c in self._children})),
-            source_key(self._child_config),
+            self._agent.source.spool_key() if self._agent else "",
         )
 
     def join_processes(self, timeout: float | None = None) -> bool:
@@ -419,17 +410,21 @@ class TaskHandler:
         return out
 
     def _start_source(self) -> None:
-        config = self.config
-        if config.resolved_source == "nats" and not config.nats_url:
-            from ._nats.embedded import EmbeddedNats
+        source = create_source(self.config)
+        self._agent = SourceAgent(source)
+        self._agent.start(self._bindings(), self.config.state_path / "spool.sqlite3")
+        self._spool = self._agent.spool
+        # What the source resolved at start-up (NATS: the embedded server it acquired).
+        self._child_config = source.worker_config(self.config)
 
-            self._embedded = EmbeddedNats(config.state_path)
-            url = self._embedded.acquire()
-            config = config.replace(nats_url=url, source="nats")
-        self._child_config = config
-        self._spool = Spool(config.state_path / "spool.sqlite3", source_key(config))
-        self._agent = SourceAgent(create_source(config), self._spool)
-        self._agent.start(self._bindings())
+    def _preload(self) -> None:
+        if self._ctx.get_start_method() == "forkserver":
+            # Children fork from a server that has already imported the runtime and the source
+            # (no threads, no sockets): a restarted process is serving again sooner.
+            assert self._agent is not None
+            modules = ["taskfleet._runner", "taskfleet._delivery"]
+            modules += self._agent.source.preload_modules()
+            self._ctx.set_forkserver_preload(modules)  # type: ignore[attr-defined]
 
     def _bind_http(self) -> None:
         if self.config.metrics_bind is None:
@@ -627,10 +622,8 @@ class TaskHandler:
             return None
         if not isinstance(opts.lease_extend, bool):
             return float(opts.lease_extend)
-        clock = task.response_timeout_seconds
-        if not clock and self._child_config.resolved_source == "nats":
-            clock = self._child_config.nats_ack_wait
-        return clock / 2 if clock else None
+        assert self._agent is not None
+        return self._agent.source.lease_interval(task)
 
     def _send(self, child: Child, message: tuple[Any, ...]) -> None:
         if child.conn is None:
@@ -850,12 +843,7 @@ class TaskHandler:
         if self._http is not None:
             self._http.stop()
             self._http = None
-        if self._spool is not None:
-            self._spool.close()
-            self._spool = None
-        if self._embedded is not None:
-            self._embedded.release()
-            self._embedded = None
+        self._spool = None  # closed by the agent
         for child in self._children:
             self._drop_ledger(child)
         if self._metrics_dir:

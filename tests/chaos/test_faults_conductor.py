@@ -114,10 +114,10 @@ def test_a_30s_outage_spools_results_and_survives_the_pool_killed_meanwhile(tmp_
                 os.kill(pid, signal.SIGKILL)
             h1.request_stop(immediately=True)
             h1.join_processes(30)
-        from taskfleet._runner import source_key
+        from taskfleet._sources import create_source
         from taskfleet._spool import Spool
 
-        spool = Spool(state / "spool.sqlite3", source_key(cfg))
+        spool = Spool(state / "spool.sqlite3", create_source(cfg).spool_key())
         spooled = spool.count()
         spool.close()
         server.go_up()

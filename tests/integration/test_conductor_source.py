@@ -276,11 +276,6 @@ def test_extend_keeps_a_task_alive_past_its_response_timeout(server, source):
     assert job.status == "IN_PROGRESS" and job.history == ()
 
 
-def test_queue_sizes_are_read_per_type(server, source):
-    server.enqueue_many("a", [{}, {}])
-    assert call(source, lambda s: s.queue_sizes(["a", "b"])) == {"a": 2, "b": 0}
-
-
 # -- auth ---------------------------------------------------------------------------------------
 
 

@@ -32,12 +32,29 @@ import time
 import urllib.parse
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from .._private import private_dir, private_file
 from .server import NatsServer
 
-__all__ = ["EmbeddedNats"]
+if TYPE_CHECKING:
+    from .._config import Configuration
+
+__all__ = ["EmbeddedNats", "servers_for"]
+
+
+def servers_for(config: Configuration) -> tuple[list[str], EmbeddedNats | None]:
+    """The NATS servers to connect to: ``NATS_URL``, or — when none is configured — the machine's
+    shared embedded server, joined or started here: the one place taskfleet acquires it. The
+    lease comes back with the URL; release it when done with the server.
+
+    Raises:
+        NatsServerError: the embedded server cannot start.
+    """
+    if config.nats_urls:
+        return config.nats_urls, None
+    lease = EmbeddedNats(config.state_path)
+    return [lease.acquire()], lease
 
 
 class EmbeddedNats:

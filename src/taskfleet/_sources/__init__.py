@@ -25,10 +25,6 @@ def create_source(config: Configuration) -> TaskSource:
 
         return ConductorSource(config)
     if kind == "nats":
-        if not config.nats_url:
-            raise ConfigurationError(
-                "NATS_URL", "no NATS server URL (the supervisor starts the embedded one)"
-            )
         from .nats import NatsSource
 
         return NatsSource(config)

@@ -14,8 +14,12 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .._task import Task, TaskResult
+
+if TYPE_CHECKING:
+    from .._config import Configuration
 
 __all__ = ["PollRequest", "TaskSource", "WorkerBinding"]
 
@@ -87,3 +91,27 @@ class TaskSource(abc.ABC):
 
     async def close(self) -> None:  # noqa: B027
         """Release connections. Safe to call twice."""
+
+    # -- what the supervisor asks a source about itself (no I/O) --------------------------------
+
+    def preload_modules(self) -> tuple[str, ...]:
+        """Modules the supervisor imports into its fork server before starting worker
+        processes, so a restarted process is serving sooner. Default: this source's module."""
+        return (type(self).__module__,)
+
+    def worker_config(self, config: Configuration) -> Configuration:
+        """The configuration worker processes get, once this source has started: what it
+        resolved at start-up (NATS: the embedded server's URL) filled in. Default: ``config``."""
+        return config
+
+    def lease_interval(self, task: Task) -> float | None:
+        """Seconds between lease extensions of ``task`` while it runs (None: it needs none):
+        half the time the server gives before it takes the task back. Default: half the
+        task's response timeout."""
+        clock = task.response_timeout_seconds
+        return clock / 2 if clock else None
+
+    def spool_key(self) -> str:
+        """Which server results belong to, so the spool never delivers one elsewhere (no
+        secrets: it is stored on disk). Default: :attr:`name`."""
+        return self.name

@@ -97,6 +97,7 @@ class ConductorSource(TaskSource):
             raise SourceError("CONDUCTOR_SERVER_URL is not set", retryable=False)
         self._base = config.conductor_server_url.rstrip("/")
         self._shown_base = redact_url(self._base)
+        self._spool_key = "conductor " + redact_url(config.conductor_server_url)
         self._key = config.conductor_auth_key
         self._secret = config.conductor_auth_secret
         self._connect_timeout = config.http_connect_timeout
@@ -119,6 +120,10 @@ class ConductorSource(TaskSource):
     async def start(self) -> None:
         """Create the thread pool. No request is made: the first call fetches a token if needed."""
         self._ensure_threads()
+
+    def spool_key(self) -> str:
+        """The server's redacted URL."""
+        return self._spool_key
 
     async def close(self) -> None:
         """Stop the thread pool and close every session. Safe to call twice."""
@@ -240,22 +245,6 @@ class ConductorSource(TaskSource):
         if worker_id:
             body["workerId"] = worker_id
         self._request("POST", "/tasks", json=body)
-
-    async def queue_sizes(self, task_types: Sequence[str]) -> dict[str, int]:
-        """Scheduled tasks per type: ``GET /tasks/queue/sizes``."""
-
-        def call() -> dict[str, int]:
-            resp = self._request("GET", "/tasks/queue/sizes", params={"taskType": list(task_types)})
-            data = self._json(resp, "/tasks/queue/sizes")
-            try:
-                return {str(k): int(v or 0) for k, v in data.items()}
-            except (AttributeError, TypeError, ValueError):
-                raise SourceError(
-                    f"GET {self._shown('/tasks/queue/sizes')}: expected an object of counts",
-                    status=resp.status_code,
-                ) from None
-
-        return await self._run(call)
 
     @staticmethod
     def _result_body(task: Task, result: TaskResult) -> bytes:

@@ -42,9 +42,10 @@ from nats.errors import NoRespondersError
 
 from .. import _metrics as metrics
 from .._backoff import Backoff
-from .._config import Configuration
+from .._config import Configuration, redact_url
 from .._errors import DecodeError, SourceError
 from .._nats.connect import connect, ensure_streams, error_code
+from .._nats.embedded import servers_for
 from .._nats.wire import (
     REASON_HEADER,
     SUBJECT_HEADER,
@@ -84,8 +85,10 @@ class NatsSource(TaskSource):
     """Tasks from JetStream; see the module docstring for the delivery semantics.
 
     Args:
-        config: connection (``NATS_URL``, credentials, TLS) and stream settings. With no URL the
-            machine's shared embedded server is used (:class:`taskfleet._nats.embedded.EmbeddedNats`).
+        config: connection (``NATS_URL``, credentials, TLS) and stream settings. With no URL,
+            :meth:`start` joins (or starts) the machine's shared embedded server
+            (:func:`taskfleet._nats.embedded.servers_for`) and :meth:`worker_config` hands its
+            URL on to the worker processes.
         retry_base, retry_cap: seconds of the nak backoff: ``retry_base * 2**(attempt-1)``,
             at most ``retry_cap``.
         ack_sync: confirm ``+ACK``/``+TERM`` with a request to the server (a "double ack")
@@ -112,6 +115,8 @@ class NatsSource(TaskSource):
         self._nc: Any = None
         self._js: Any = None
         self._lease: Any = None
+        #: the servers connected to (with the embedded server: known once started)
+        self._servers = config.nats_urls
         self._subs: dict[str, Any] = {}
         self._max_deliver: dict[str, int] = {}
         self._output_subjects: dict[str, str] = {}
@@ -128,15 +133,9 @@ class NatsSource(TaskSource):
         """
         if self._nc is not None:
             return
-        servers = self.config.nats_urls
-        if not servers:
-            from .._nats.embedded import EmbeddedNats
-
-            lease = EmbeddedNats(self.config.state_path)
-            servers = [await asyncio.to_thread(lease.acquire)]
-            self._lease = lease
+        self._servers, self._lease = await asyncio.to_thread(servers_for, self.config)
         try:
-            self._nc = await connect(self.config, servers, name=self.client_name)
+            self._nc = await connect(self.config, self._servers, name=self.client_name)
         except BaseException:
             await self._release_lease()
             raise
@@ -222,6 +221,23 @@ class NatsSource(TaskSource):
             log.warning("dead-lettered stranded task %s (%s): %s", task_id, task_type, reason)
         except Exception as exc:
             log.warning("could not dead-letter a stranded task of %s: %s", stream, exc)
+
+    def worker_config(self, config: Configuration) -> Configuration:
+        """With the embedded server, its URL: worker processes use the server this source
+        acquired (which stays up while the supervisor holds its lease)."""
+        if self._lease is None:
+            return config
+        return config.replace(nats_url=",".join(self._servers), source="nats")
+
+    def lease_interval(self, task: Task) -> float | None:
+        """Half the consumer's ack wait (or of the task's own response timeout)."""
+        clock = task.response_timeout_seconds or self.config.nats_ack_wait
+        return clock / 2 if clock else None
+
+    def spool_key(self) -> str:
+        """The stream prefix and the servers' redacted URLs (the embedded server's: once started)."""
+        urls = ",".join(redact_url(u) for u in self._servers)
+        return f"nats {self.config.nats_prefix} {urls}"
 
     async def close(self) -> None:
         """Unsubscribe, drain and disconnect; release the embedded server. Safe to call twice."""
