@@ -580,7 +580,7 @@ def cmd_nats_server(args: argparse.Namespace) -> int:
     state dir), so ``taskfleet run``/``submit`` without ``NATS_URL`` use it; with ``--port`` a
     standalone server on that port, for ``NATS_URL=nats://127.0.0.1:PORT``.
     """
-    from ._nats.embedded import EmbeddedNats
+    from ._nats.embedded import servers_for
     from ._nats.server import NatsServer
 
     config = build_config(args)
@@ -592,8 +592,8 @@ def cmd_nats_server(args: argparse.Namespace) -> int:
             note = f"nats-server running (store {server.store_dir}); Ctrl-C stops it"
             _serve_until_stopped(server.url, note, lambda: server.running)
         return EXIT_OK
-    lease = EmbeddedNats(config.state_path)
-    url = lease.acquire()
+    (url,), lease = servers_for(config.replace(nats_url=""))
+    assert lease is not None
     try:
         note = f"embedded nats-server running (state {lease.dir}); Ctrl-C stops it"
         _serve_until_stopped(url, note, lambda: True)
