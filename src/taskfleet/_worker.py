@@ -43,7 +43,21 @@ class WorkerInterface(abc.ABC):
     """
 
     # Every worker option is a class attribute holding its default (set below, from
-    # WorkerOptions): override it in a subclass or per instance.
+    # WorkerOptions): override it in a subclass or per instance. The annotations are for type
+    # checkers; a test holds them equal to WorkerOptions' fields.
+    threads: int
+    processes: int
+    poll_interval: int
+    poll_timeout: int
+    domain: str | None
+    worker_id: str | None
+    lease_extend: bool | float
+    time_limit: float | None
+    paused: bool
+    output_subject: str | None
+    max_attempts: int
+    max_tasks_per_child: int
+    max_memory_per_child: int
 
     def __init__(self, task_definition_name: str) -> None:
         self.task_definition_name = task_definition_name
@@ -58,7 +72,7 @@ class WorkerInterface(abc.ABC):
 
     @property
     def identity(self) -> str:
-        return getattr(self, "worker_id", None) or socket.gethostname()
+        return self.worker_id or socket.gethostname()
 
     def options(self) -> WorkerOptions:
         return options_of(self)

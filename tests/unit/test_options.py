@@ -56,6 +56,8 @@ def test_worker_task_takes_exactly_the_options_as_keyword_arguments():
 
 def test_a_class_worker_has_every_option_as_an_attribute_and_passes_them_on():
     assert all(getattr(WorkerInterface, o.name) == o.default for o in OPTIONS)
+    declared = {f.name: f.type for f in dataclasses.fields(WorkerOptions)}
+    assert WorkerInterface.__annotations__ == declared  # what type checkers see, in step
     options = as_worker(Echo("echo")).options
     assert options.output_subject == "taskfleet.tasks.next"
     assert options.max_attempts == 3
