@@ -748,6 +748,7 @@ class TaskHandler:
 
     def _time_limit_passed(self, child: Child, entry: InFlight, now: float) -> None:
         limit = child.options.time_limit
+        assert limit is not None  # called only for a task whose worker has a time limit
         task = entry.task
         child.timed_out.add(task.task_id)
         result = time_limit_result(task, limit, child.options.identity, process_killed=True)
