@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import hmac
-import ipaddress
 import json
 import logging
 import os
@@ -28,7 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
 from . import _metrics as metrics
-from ._config import Configuration
+from ._config import Configuration, is_loopback
 from ._errors import AddressInUseError, ConfigurationError
 
 if TYPE_CHECKING:
@@ -136,13 +135,6 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, b"not found\n", "text/plain")
 
 
-def _loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -237,7 +229,7 @@ class AdminServer:
         self._thread.start()
         log.info("metrics and health on %s/metrics", self.url)
         host = self._server.server_address[0]
-        if not self._server.token and not _loopback(str(host)):
+        if not self._server.token and not is_loopback(str(host)):
             log.warning(
                 "the HTTP endpoint on %s is reachable from other hosts and has no token:"
                 " set TASKFLEET_METRICS_TOKEN (docs/deployment.md, Security)",

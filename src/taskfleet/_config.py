@@ -8,6 +8,7 @@ raise :class:`~taskfleet._errors.ConfigurationError` naming the variable and the
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import sys
 import urllib.parse
@@ -361,6 +362,14 @@ def redact_url(url: str) -> str:
         else:
             out.append(part.strip())
     return ",".join(out)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) names this machine's loopback."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _port(parsed: urllib.parse.SplitResult) -> int | None:

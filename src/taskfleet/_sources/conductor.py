@@ -25,7 +25,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from .. import _json
-from .._config import Configuration, redact_url
+from .._config import Configuration, is_loopback, redact_url
 from .._errors import SourceError
 from .._task import Task, TaskResult, TaskStatus
 from .._threads import LoopThreads
@@ -98,6 +98,7 @@ class ConductorSource(TaskSource):
         self._base = config.conductor_server_url.rstrip("/")
         self._shown_base = redact_url(self._base)
         self._spool_key = "conductor " + redact_url(config.conductor_server_url)
+        warn_plain_http(self._base, bool(config.conductor_auth_key))
         self._key = config.conductor_auth_key
         self._secret = config.conductor_auth_secret
         self._connect_timeout = config.http_connect_timeout
@@ -329,7 +330,7 @@ class ConductorSource(TaskSource):
         if body is not None:
             headers["Content-Type"] = "application/json"
         try:
-            return self._session().request(
+            resp = self._session().request(
                 method,
                 self._base + path,
                 params=params,
@@ -338,6 +339,7 @@ class ConductorSource(TaskSource):
                 headers=headers,
                 # The long-poll wait is the server's to spend; the read timeout comes on top.
                 timeout=(self._connect_timeout, self._read_timeout + wait),
+                allow_redirects=False,  # see refuse_redirect
             )
         except requests.Timeout as exc:
             raise SourceError(
@@ -347,6 +349,8 @@ class ConductorSource(TaskSource):
             raise SourceError(
                 f"{method} {self._shown(path)}: connection failed ({type(exc).__name__})"
             ) from None
+        refuse_redirect(resp.status_code, f"{method} {self._shown(path)}")
+        return resp
 
     def _http_error(self, method: str, path: str, resp: requests.Response) -> SourceError:
         status = resp.status_code
@@ -401,6 +405,39 @@ class ConductorSource(TaskSource):
                 self._token = token
                 self._auth_enabled = True
             return token
+
+
+def refuse_redirect(status: int, call: str) -> None:
+    """Credentials never follow a redirect: a 3xx answer is an error, never a second request.
+
+    Every call carries ``X-Authorization`` (and ``POST /token`` the key secret in its body); an
+    HTTP client that follows a redirect sends them wherever the ``Location`` points. Requests are
+    made with redirects off, and this turns the answer into a non-retryable error naming the fix.
+    """
+    if 300 <= status < 400:
+        raise SourceError(
+            f"{call}: HTTP {status} redirect refused (credentials are never sent after a"
+            " redirect); set CONDUCTOR_SERVER_URL to the server's final URL",
+            retryable=False,
+            status=status,
+        )
+
+
+_warned_plain: set[str] = set()
+
+
+def warn_plain_http(base: str, credentials: bool) -> None:
+    """Warn once per server when credentials would cross the network unencrypted."""
+    parsed = urllib.parse.urlsplit(base)
+    host = parsed.hostname or ""
+    if not credentials or parsed.scheme != "http" or is_loopback(host) or base in _warned_plain:
+        return
+    _warned_plain.add(base)
+    log.warning(
+        "CONDUCTOR_SERVER_URL %s is plain http:// to another host: the auth key secret and"
+        " tokens cross the network unencrypted; use https://",
+        redact_url(base),
+    )
 
 
 def _segment(value: str) -> str:
