@@ -424,7 +424,7 @@ class TaskHandler:
             assert self._agent is not None
             modules = ["taskfleet._runner", "taskfleet._delivery"]
             modules += self._agent.source.preload_modules()
-            self._ctx.set_forkserver_preload(modules)  # type: ignore[attr-defined]
+            self._ctx.set_forkserver_preload(modules)
 
     def _bind_http(self) -> None:
         if self.config.metrics_bind is None:
