@@ -106,7 +106,7 @@ def metric_total(body: str, name: str, **labels: str) -> float:
 _POOL_SCRIPT = """
 import sys
 sys.path.insert(0, {workers_dir!r})
-from pool_workers import *  # noqa: F403
+from {module} import *  # noqa: F403
 from taskfleet import Configuration, TaskHandler
 
 if __name__ == "__main__":
@@ -118,13 +118,17 @@ if __name__ == "__main__":
 
 
 @contextmanager
-def pool_process(directory: Path, worker: str, **config: Any) -> Iterator[subprocess.Popen[str]]:
+def pool_process(
+    directory: Path, worker: str, *, module: str = "pool_workers", **config: Any
+) -> Iterator[subprocess.Popen[str]]:
     """A pool in a process of its own (real signals, its own stderr), running ``worker`` (an
-    expression over ``tests/integration/pool_workers.py``) with ``Configuration(**config)``.
+    expression over ``tests/integration/{module}.py``) with ``Configuration(**config)``.
     Killed on the way out if it is still running."""
     script = directory / "pool_main.py"
     workers_dir = str(Path(__file__).resolve().parent / "integration")
-    script.write_text(_POOL_SCRIPT.format(workers_dir=workers_dir, worker=worker, config=config))
+    script.write_text(
+        _POOL_SCRIPT.format(workers_dir=workers_dir, worker=worker, config=config, module=module)
+    )
     proc = subprocess.Popen(
         [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )

@@ -36,6 +36,11 @@ class TaskContext:
         return self.task.workflow_instance_id
 
     @property
+    def correlation_id(self) -> str:
+        """The id a producer gave the piece of work this task belongs to ("" when none)."""
+        return self.task.correlation_id
+
+    @property
     def poll_count(self) -> int:
         return self.task.poll_count
 

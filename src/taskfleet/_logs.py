@@ -2,7 +2,8 @@
 
 :func:`configure_logging` installs one handler on the ``taskfleet`` logger with two filters:
 
-* :class:`TaskContextFilter` adds ``task_id``, ``task_type`` and ``workflow_id`` to every record
+* :class:`TaskContextFilter` adds ``task_id``, ``task_type``, ``workflow_id`` and ``correlation_id``
+  to every record
   emitted while a task runs (read from :func:`taskfleet._context.current_task_context`, which
   follows the task into its executor thread and ``async`` code).
 * :class:`RedactingFilter` masks configured secret strings, URL passwords (``nats://u:p@h`` becomes
@@ -22,7 +23,11 @@ The same rule applies to what leaves a process other than log lines: :func:`reda
 the secrets :func:`configure_logging` (or :func:`use_secrets`) last gave this process.
 
 Each process configures its own logging (worker processes are started fresh, not forked with the
-supervisor's handlers), so the supervisor passes level, format and secrets to every child.
+supervisor's handlers), so the supervisor passes level, format and secrets to every child. A worker
+process also gives the root logger the same handler (``configure_logging(root=True)``), so a
+handler's own ``logging.getLogger(__name__)`` lines come out in the pool's format, at its level,
+with the task's ids, unless the application configured the root logger itself
+(docs/workers.md, "Logging from a handler").
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ _STANDARD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__di
     "task_id",
     "task_type",
     "workflow_id",
+    "correlation_id",
 }
 
 # scheme://user:password@host -> scheme://***@host (also user-only userinfo: tokens go there).
@@ -149,7 +155,8 @@ def redact_result(result: TaskResult) -> None:
 
 
 class TaskContextFilter(logging.Filter):
-    """Adds ``task_id``, ``task_type`` and ``workflow_id`` to records (None outside a task).
+    """Adds ``task_id``, ``task_type``, ``workflow_id`` and ``correlation_id`` to records (None
+    outside a task, and the latter two when the task has none).
 
     Filters run on the thread that logs, so the context read here is the logging task's own.
     """
@@ -159,6 +166,7 @@ class TaskContextFilter(logging.Filter):
         record.task_id = ctx.task_id if ctx else None
         record.task_type = ctx.task_type if ctx else None
         record.workflow_id = (ctx.workflow_instance_id or None) if ctx else None
+        record.correlation_id = (ctx.correlation_id or None) if ctx else None
         return True
 
 
@@ -168,11 +176,15 @@ def _timestamp(record: logging.LogRecord) -> str:
 
 
 class TextFormatter(logging.Formatter):
-    """``time level logger [pid] [taskType/taskId] message``; ``[-]`` outside a task."""
+    """``time level logger [pid] [taskType/taskId] message``; ``[-]`` outside a task, and
+    ``[taskType/taskId correlationId]`` for a task that has a correlation id."""
 
     def format(self, record: logging.LogRecord) -> str:
         task_id = getattr(record, "task_id", None)
         where = f"{getattr(record, 'task_type', None)}/{task_id}" if task_id else "-"
+        correlation = getattr(record, "correlation_id", None)
+        if correlation and task_id:
+            where += f" {correlation}"
         line = (
             f"{_timestamp(record)} {record.levelname} {record.name} [{record.process}] [{where}] "
             f"{record.getMessage()}"
@@ -198,7 +210,7 @@ class JsonFormatter(logging.Formatter):
             "pid": record.process,
             "message": record.getMessage(),
         }
-        for key in ("task_id", "task_type", "workflow_id"):
+        for key in ("task_id", "task_type", "workflow_id", "correlation_id"):
             value = getattr(record, key, None)
             if value:
                 entry[key] = value
@@ -220,6 +232,7 @@ def configure_logging(
     *,
     secrets: Iterable[str] = (),
     stream: IO[str] | None = None,
+    root: bool = False,
 ) -> logging.Handler:
     """Send the ``taskfleet`` logger tree to ``stream`` (default stderr) as text or JSON lines.
 
@@ -233,6 +246,9 @@ def configure_logging(
         fmt: ``"text"`` or ``"json"``.
         secrets: strings masked wherever they appear (see :func:`secrets_of`).
         stream: where lines go.
+        root: give the root logger the same handler and level too, so every logger of the
+            process (a task handler's own) logs the same way; what worker processes do when the
+            application left the root logger unconfigured.
 
     Returns:
         The installed handler (e.g. to attach it to your own loggers too).
@@ -246,9 +262,10 @@ def configure_logging(
     secrets = list(secrets)
     use_secrets(secrets)
     logger = logging.getLogger(ROOT_LOGGER)
-    for old in [h for h in logger.handlers if getattr(h, "_taskfleet", False)]:
-        logger.removeHandler(old)
-        old.close()
+    for owner in (logger, logging.getLogger()):
+        for old in [h for h in owner.handlers if getattr(h, "_taskfleet", False)]:
+            owner.removeHandler(old)
+            old.close()
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler._taskfleet = True  # type: ignore[attr-defined]  # marks ours for the next call
     # Context first, so the redactor also sees the task fields; redaction before formatting.
@@ -258,7 +275,16 @@ def configure_logging(
     logger.addHandler(handler)
     logger.setLevel(numeric)
     logger.propagate = False
+    if root:
+        logging.getLogger().addHandler(handler)
+        logging.getLogger().setLevel(numeric)
     return handler
+
+
+def root_configured() -> bool:
+    """Whether the application gave the root logger a handler of its own (then taskfleet leaves
+    the root logger alone)."""
+    return any(not getattr(h, "_taskfleet", False) for h in logging.getLogger().handlers)
 
 
 def _level(level: str | int) -> int:

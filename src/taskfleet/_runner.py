@@ -572,17 +572,25 @@ class ChildRecipe:
     hooks: tuple[Any, ...] = ()
     #: the in-flight ledger file the supervisor created for this process (None: use the pipe)
     ledger_path: str | None = None
+    #: give handlers' own loggers the pool's logging, unless this process configured the root
+    #: logger itself (False: the application did so in the supervisor)
+    root_logging: bool = True
 
 
 def child_main(recipe: ChildRecipe) -> None:
     """Body of a worker process (a module-level function, so every start method can run it)."""
-    from ._logs import configure_logging, secrets_of
+    from ._logs import configure_logging, root_configured, secrets_of
     from ._sources import create_source
 
     # The supervisor decides about Ctrl-C for the whole pool; SIGTERM means "drain".
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_logging(
-        recipe.config.log_level, recipe.config.log_format, secrets=secrets_of(recipe.config)
+        recipe.config.log_level,
+        recipe.config.log_format,
+        secrets=secrets_of(recipe.config),
+        # The workers' module may have configured logging when it was imported (unpickling the
+        # recipe imports it): then that configuration is the application's choice.
+        root=recipe.root_logging and not root_configured(),
     )
     metrics.setup(recipe.metrics_dir, buffered=True)
     control = ControlClient(recipe.conn)

@@ -215,6 +215,7 @@ class TaskHandler:
         #: the directories above, held (removed at stop; a later pool removes them after -9)
         self._scratch: list[ScratchDir] = []
         self._spawns = 0
+        self._root_logging = True
         self._child_config = self.config
         self._http: Any = None
         self._old_handlers: dict[int, Any] = {}
@@ -250,6 +251,10 @@ class TaskHandler:
                 return
             self._started = True
         self.started_at = time.monotonic()
+        from ._logs import root_configured
+
+        # An application that set up the root logger keeps it, in worker processes too.
+        self._root_logging = not root_configured()
         if not logging.getLogger("taskfleet").handlers:
             # Leave an application's own logging set-up alone; otherwise log like the workers.
             from ._logs import configure_logging, secrets_of
@@ -453,6 +458,7 @@ class TaskHandler:
             child_conn,
             self.hooks,
             child.ledger.path,
+            self._root_logging,
         )
         process = self._ctx.Process(  # type: ignore[attr-defined]
             target=child_main, args=(recipe,), name=f"taskfleet {child.name}", daemon=False

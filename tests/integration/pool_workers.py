@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import time
@@ -65,3 +66,11 @@ def drainer(seconds: float) -> dict:
 @worker_task("idle", poll_interval=2000, poll_timeout=100)
 def idle() -> dict:
     return {}
+
+
+@worker_task("chatty", poll_interval=20)
+def chatty(x: int) -> dict:
+    # A handler's own logger, as any library would create one: no taskfleet set-up in sight.
+    logging.getLogger("shop.billing").info("charging order %d", x)
+    logging.getLogger("shop.billing").warning("order %d is large", x)
+    return {"x": x}
