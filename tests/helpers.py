@@ -185,3 +185,26 @@ def report(line: str) -> None:
     if path:
         with open(path, "a") as f:
             f.write(f"{time.strftime('%Y-%m-%d')} {line}\n")
+
+
+@contextmanager
+def nats_pool(tmp_path: Path, *workers: Any, **settings: Any) -> Iterator[tuple[Any, Any]]:
+    """A nats-server of its own, a started pool of ``workers`` on it and a TaskClient:
+    yields (client, handler); everything stops on exit."""
+    from taskfleet import TaskClient, TaskHandler
+    from taskfleet._nats.server import NatsServer
+
+    with NatsServer(tmp_path / "nats") as server:
+        config = Configuration.from_env(
+            {},
+            nats_url=server.url,
+            state_dir=str(tmp_path / "state"),
+            metrics_address="off",
+            **settings,
+        )
+        with (
+            TaskClient(config) as client,
+            TaskHandler(list(workers), config, install_signal_handlers=False) as handler,
+        ):
+            handler.start_processes()
+            yield client, handler

@@ -2,11 +2,13 @@
 
 ``/metrics`` aggregates every process of the pool (Prometheus multiprocess mode), in the text
 format, or OpenMetrics when the scraper asks for it. ``/healthz`` is liveness (the supervisor's
-loop turns); ``/readyz`` is readiness (every worker type has a process whose last poll succeeded
-recently), so a server outage makes the pool not-ready without making it not-alive. ``/workers``
-is JSON about each process. With ``TASKFLEET_METRICS_TOKEN`` set, ``/metrics`` and ``/workers``
-require ``Authorization: Bearer <token>``; the probes ``/healthz`` and ``/readyz`` stay open (they
-tell whether the pool is alive and ready, nothing else), so orchestrators need no secret.
+loop turns and every task type still tries to poll); ``/readyz`` is readiness (every worker type
+has a process whose last poll succeeded recently), so a server outage makes the pool not-ready
+without making it not-alive. ``/workers`` is JSON about each process and the result spool. With
+``TASKFLEET_METRICS_TOKEN`` set, ``/metrics`` and ``/workers`` require
+``Authorization: Bearer <token>``; the probes ``/healthz`` and ``/readyz`` stay open (they tell
+whether the pool is alive and ready, and which task type is not, nothing else), so orchestrators
+need no secret.
 
 The endpoint is bounded: a connection that sends nothing for :data:`REQUEST_TIMEOUT` seconds is
 closed, at most :data:`MAX_CONNECTIONS` are served at once (more are answered 503 and closed), and
@@ -23,6 +25,7 @@ import logging
 import os
 import tempfile
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +54,9 @@ _BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n"
     b"Connection: close\r\n\r\nbusy\n"
 )
+#: ``/healthz`` fails when a task type has not tried a poll for this many seconds (the longest
+#: wait between two polls is the 10 s error backoff plus a long poll).
+STALL_AFTER = 60.0
 
 
 def render_metrics(accept: str = "") -> tuple[bytes, str]:
@@ -67,6 +73,41 @@ def render_metrics(accept: str = "") -> tuple[bytes, str]:
         registry = metrics.get().registry
     encoder, content_type = choose_encoder(accept)
     return encoder(registry), content_type
+
+
+def health(pool: TaskHandler, now: float | None = None) -> tuple[bool, str]:
+    """Liveness: the supervisor's loop turns, and no task type has stopped polling.
+
+    A type has stopped polling when it has running processes and none of them polled (well or
+    not: an outage only makes the pool not *ready*) within ``STALL_AFTER`` seconds, while it had
+    free slots, was not paused and had been up that long.
+    """
+    if not pool.alive():
+        return False, "not alive"
+    now = time.time() if now is None else now
+    stalled = stalled_types(pool.workers_status(), now)
+    if stalled:
+        return False, "; ".join(f"{t} has not polled for {s:.0f}s" for t, s in stalled.items())
+    return True, "ok"
+
+
+def stalled_types(workers: list[dict[str, Any]], now: float) -> dict[str, float]:
+    """Task types none of whose running processes polled recently: type -> seconds since."""
+    fine: set[str] = set()
+    since: dict[str, float] = {}
+    for w in workers:
+        task_type = str(w.get("task_type", ""))
+        if w.get("state") != "running":
+            continue
+        up = float(w.get("up_seconds") or 0.0)
+        last = float(w.get("last_poll") or 0.0)
+        quiet = now - last if last else up
+        busy = int(w.get("in_flight") or 0) >= int(w.get("threads") or 1)
+        if busy or w.get("paused") or quiet < STALL_AFTER or up < STALL_AFTER:
+            fine.add(task_type)
+        else:
+            since[task_type] = min(quiet, since.get(task_type, quiet))
+    return {t: s for t, s in sorted(since.items()) if t not in fine}
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -122,13 +163,17 @@ class _Handler(BaseHTTPRequestHandler):
             body, content_type = render_metrics(self.headers.get("Accept", ""))
             self._send(200, body, content_type)
         elif path == "/healthz":
-            alive = pool.alive()
-            self._send(200 if alive else 503, b"ok\n" if alive else b"not alive\n", "text/plain")
+            ok, why = health(pool)
+            self._send(200 if ok else 503, (why + "\n").encode(), "text/plain")
         elif path == "/readyz":
             ready, why = pool.ready()
             self._send(200 if ready else 503, (why + "\n").encode(), "text/plain")
         elif path == "/workers":
-            self._json(200, {"pid": os.getpid(), "workers": pool.workers_status()})
+            try:
+                spool = pool.spool_status()
+            except Exception as exc:  # the spool's trouble must not hide the workers
+                spool = {"error": f"{type(exc).__name__}: {exc}"}
+            self._json(200, {"pid": os.getpid(), "workers": pool.workers_status(), "spool": spool})
         elif path == "/":
             self._send(200, b"taskfleet: /metrics /healthz /readyz /workers\n", "text/plain")
         else:

@@ -608,7 +608,13 @@ def cmd_nats_server(args: argparse.Namespace) -> int:
 
 
 def fetch_workers(url: str, token: str = "", timeout: float = 5.0) -> list[dict[str, Any]]:
-    """GET ``<url>/workers`` of a running pool.
+    """The worker processes of a running pool (``<url>/workers``); see :func:`fetch_pool`."""
+    workers: list[dict[str, Any]] = fetch_pool(url, token, timeout)["workers"]
+    return workers
+
+
+def fetch_pool(url: str, token: str = "", timeout: float = 5.0) -> dict[str, Any]:
+    """GET ``<url>/workers`` of a running pool: its processes and its result spool.
 
     Raises:
         CliError: ``EXIT_USAGE`` for a malformed URL, ``EXIT_UNAVAILABLE`` when the pool does not
@@ -635,7 +641,7 @@ def fetch_workers(url: str, token: str = "", timeout: float = 5.0) -> list[dict[
     workers = body.get("workers") if isinstance(body, dict) else None
     if not isinstance(workers, list):
         raise CliError(EXIT_UNAVAILABLE, f"{target}: not a taskfleet pool (no workers list)")
-    return workers
+    return dict(body)
 
 
 STATUS_COLUMNS = [
@@ -696,11 +702,31 @@ def status_url(config: Configuration) -> str:
     return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
 
+def spool_lines(spool: Mapping[str, Any]) -> list[str]:
+    """The result spool of a pool: rows waiting, rows given up (with the latest reasons)."""
+    if not spool:
+        return []
+    if "error" in spool:
+        return [f"spool: unreadable ({spool['error']})"]
+    dead = spool.get("dead") or {}
+    given_up = sum(int(n) for n in dead.values())
+    lines = [f"spool: {spool.get('waiting', 0)} result(s) waiting, {given_up} given up"]
+    if given_up:
+        lines[0] += " (" + ", ".join(f"{t}: {n}" for t, n in sorted(dead.items())) + ")"
+    for row in spool.get("recent_dead") or []:
+        lines.append(
+            f"  {row.get('task_id', '?')}  {row.get('task_type', '?')}  {row.get('reason', '')}"
+        )
+    return lines
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    """Print a running pool's worker processes as a table."""
+    """Print a running pool's worker processes as a table, then its result spool."""
     url = args.url or status_url(Configuration.from_env())
-    workers = fetch_workers(url, _status_token(args), args.timeout)
-    print(status_table(workers))
+    pool = fetch_pool(url, _status_token(args), args.timeout)
+    print(status_table(pool["workers"]))
+    for line in spool_lines(pool.get("spool") or {}):
+        print(line)
     return EXIT_OK
 
 

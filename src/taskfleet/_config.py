@@ -308,7 +308,9 @@ class Configuration:
     def __repr__(self) -> str:
         """Like a dataclass's, with secret settings left out and URL credentials redacted."""
         shown = self.describe()
-        values = ", ".join(f"{f.name}={shown[f.name]!r}" for f in dataclasses.fields(self) if f.repr)
+        values = ", ".join(
+            f"{f.name}={shown[f.name]!r}" for f in dataclasses.fields(self) if f.repr
+        )
         return f"Configuration({values})"
 
     def describe(self) -> dict[str, Any]:

@@ -62,6 +62,7 @@ class ChildStatus:
     last_poll_ok: float  # time.time() of the last successful poll (0: none yet)
     last_error: str  # class name and short text of the last poll/report error ("" if none)
     polling: bool  # False while paused, draining or backing off after errors
+    last_poll: float = 0.0  # time.time() of the last poll tried, ok or not (0: none yet)
 
 
 class ControlClient:

@@ -1,9 +1,11 @@
 """Result delivery: retries with jittered exponential backoff, then the durable spool.
 
-Promise 2 of the design lives here: a result is never dropped because the server was briefly
-unreachable. :class:`Delivery` retries retryable failures (tenacity), and when the server stays
-unreachable the result goes to the local :class:`~taskfleet._spool.Spool`, from where
-:meth:`Delivery.flush` delivers it when the server is back — before the process takes new work.
+Promise 2 of ``docs/reliability.md`` lives here: a result is never dropped because the server was
+briefly unreachable. :class:`Delivery` retries retryable failures (tenacity), and when the server
+stays unreachable the result goes to the local :class:`~taskfleet._spool.Spool` (or, while the
+spool cannot be written, waits in memory), from where :meth:`Delivery.flush` delivers it when the
+server is back — tried before the process polls again, never in the way of polling. A result the
+server refuses itself (too large) is reported as a failure without its output instead.
 
 Worker processes and the supervisor (which reports the tasks of dead processes) use the same code.
 """
@@ -26,7 +28,7 @@ from . import _metrics as metrics
 from ._backoff import Backoff
 from ._errors import OutputError, SourceError
 from ._sources.base import TaskSource
-from ._spool import Spool
+from ._spool import Spool, SpooledResult
 from ._task import Task, TaskResult
 
 __all__ = ["Delivery"]
@@ -38,6 +40,13 @@ REPORT_ATTEMPTS = 5
 REPORT_MAX_SECONDS = 20.0
 #: Seconds of the first retry's wait (full jitter), doubled per attempt up to ``wait_max``.
 RETRY_BASE = 0.1
+#: After a failed flush, the next is due after a backoff from 1 s up to this many seconds.
+FLUSH_BACKOFF_CAP = 10.0
+#: A failed delivery of a spooled row counts against the row when the server took a result
+#: within this many seconds (else the server is taken to be down, and the row is not charged).
+SERVER_UP_WINDOW = 30.0
+#: Rows left in the spool after a flush (waiting their own backoff) are looked at this often.
+FLUSH_RECHECK = 5.0
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -70,8 +79,16 @@ class Delivery:
         self._attempts = REPORT_ATTEMPTS if attempts is None else attempts
         self._max_seconds = REPORT_MAX_SECONDS if max_seconds is None else max_seconds
         self._wait_max = wait_max
-        #: set when this process wrote to the spool or found rows in it; cleared by flush()
-        self.spool_pending = spool is not None and spool.count() > 0
+        #: set when this process wrote to the spool (or has not looked at it yet); cleared by
+        #: a flush that left nothing behind
+        self.spool_pending = spool is not None
+        #: results the spool could not store (a full disk): delivered or stored by flush()
+        self._held: list[tuple[Task, TaskResult]] = []
+        #: monotonic time before which flush_due is False (after a failed flush)
+        self._flush_at = 0.0
+        #: monotonic time the server last took a result from this process
+        self._last_ok = -SERVER_UP_WINDOW
+        self._flush_backoff = Backoff(1.0, FLUSH_BACKOFF_CAP, jitter=0.5)
 
     async def _report_once(self, task: Task, result: TaskResult, chain: bool) -> Task | None:
         m = metrics.get()
@@ -87,8 +104,9 @@ class Delivery:
                 "result of task %s (%s) not delivered: %s", task.task_id, task.task_type, exc
             )
             raise
+        self._last_ok = time.monotonic()
         m.task_update_time_seconds.labels(task.task_type, result.status.value).observe(
-            time.monotonic() - started
+            self._last_ok - started
         )
         return next_task
 
@@ -122,8 +140,10 @@ class Delivery:
         """Deliver ``result``; when the server stays unreachable, spool it durably.
 
         Returns the chained next task when ``chain`` was asked and the server gave one. Never
-        raises for a transport failure: the result is either delivered, spooled, or (when the
-        server rejects it permanently, e.g. an unknown task id) logged as rejected. A result
+        raises for a transport failure: the result is either delivered, spooled (or held in
+        memory while the spool cannot be written), reported failed without its output (the
+        server refused the result itself, e.g. too large), or (when the server rejects it
+        permanently, e.g. an unknown task id) logged as rejected. A result
         whose output cannot be encoded is delivered as a terminal failure naming the value
         (:meth:`TaskResult.without_output`).
         """
@@ -139,6 +159,8 @@ class Delivery:
         try:
             return await self._report_with_retries(task, result, chain)
         except SourceError as exc:
+            if exc.rejects_result and result.exception != _REFUSED:
+                return await self.deliver(task, _refused(result, exc), chain=chain)
             if not exc.retryable:
                 log.error(
                     "server rejected the result of task %s (%s): %s",
@@ -147,20 +169,34 @@ class Delivery:
                     exc,
                 )
                 return None
-            self._spool(task, result, exc)
+            await self._spool(task, result, exc)
             return None
 
-    def _spool(self, task: Task, result: TaskResult, exc: BaseException) -> None:
+    async def _spool(self, task: Task, result: TaskResult, exc: BaseException) -> None:
         if self.spool is None:
             log.error(
                 "result of task %s lost: no spool and the server is down (%s)", task.task_id, exc
             )
             return
-        self.spool.put(task.slim(), result)
         self.spool_pending = True
+        self._flush_at = 0.0
+        try:
+            await asyncio.to_thread(self.spool.put, task.slim(), result)
+        except Exception as err:
+            # A full disk, say: the result waits in memory and flush() tries it again.
+            self._held.append((task.slim(), result))
+            log.warning(
+                "result of task %s (%s) could not be written to the spool (%s: %s): kept in"
+                " memory (%d held) and tried again",
+                task.task_id,
+                task.task_type,
+                type(err).__name__,
+                err,
+                len(self._held),
+            )
+            return
         m = metrics.get()
         m.taskfleet_results_spooled.labels(task.task_type).inc()
-        m.taskfleet_spool_depth.set(self.spool.count())
         log.warning(
             "result of task %s (%s) spooled for later delivery: %s",
             task.task_id,
@@ -170,39 +206,152 @@ class Delivery:
         if self._on_spooled is not None:
             self._on_spooled(task.task_type, 1)
 
+    @property
+    def held(self) -> int:
+        """Results kept in memory because the spool could not store them."""
+        return len(self._held)
+
+    @property
+    def flush_due(self) -> bool:
+        """Whether :meth:`flush` has something to do now (spooled rows, or results held in
+        memory, and no recent failed flush to wait out)."""
+        return self.spool_pending and time.monotonic() >= self._flush_at
+
     async def flush(self, task_type: str | None = None, batch: int = 50) -> int:
         """Deliver spooled results (of ``task_type``, or all). Returns how many were delivered.
 
+        A row whose delivery fails waits its own backoff (``_spool.retry_delay``) and the rows
+        behind it go first; after ``_spool.MAX_ATTEMPTS`` failures, or when the server refuses
+        it for good, it is moved to the spool's dead table. Spool I/O runs in a thread.
+
         Raises:
-            SourceError: when the server is still unreachable (the rows stay in the spool).
+            SourceError: when the server is unreachable (the rows stay in the spool; the next
+                flush is due after a backoff).
         """
         if self.spool is None:
             return 0
-        delivered = 0
-        while True:
-            rows = self.spool.claim(task_type, batch)
-            if not rows:
-                break
-            done: list[int] = []
-            try:
-                for row in rows:
-                    try:
-                        await self.source.report(row.task, row.result, chain=False)
-                    except SourceError as exc:
-                        if exc.retryable:
-                            raise
-                        log.error(
-                            "server rejected spooled result of task %s: %s", row.task.task_id, exc
-                        )
-                    self.spool.delivered(row.row_id)
-                    done.append(row.row_id)
-                    delivered += 1
-            except SourceError:
-                self.spool.release([r.row_id for r in rows if r.row_id not in done])
-                metrics.get().taskfleet_spool_depth.set(self.spool.count())
-                raise
-        self.spool_pending = False
-        metrics.get().taskfleet_spool_depth.set(self.spool.count())
+        try:
+            delivered = await self._flush(task_type, batch)
+        except Exception as exc:
+            self._flush_at = time.monotonic() + self._flush_backoff.next()
+            if not isinstance(exc, SourceError):
+                # The spool itself failed (a full disk, a lock held too long): not the server.
+                log.warning(
+                    "spool flush failed (%s: %s); tried again later", type(exc).__name__, exc
+                )
+                raise SourceError(f"spool flush failed: {type(exc).__name__}: {exc}") from exc
+            raise
+        self._flush_backoff.reset()
         if delivered:
             log.info("delivered %d spooled result(s)", delivered)
         return delivered
+
+    async def _flush(self, task_type: str | None, batch: int) -> int:
+        assert self.spool is not None
+        spool = self.spool
+        delivered = await self._deliver_held(task_type)
+        while True:
+            rows = await asyncio.to_thread(spool.claim, task_type, batch)
+            if not rows:
+                break
+            failures = 0
+            for i, row in enumerate(rows):
+                try:
+                    await self._deliver_row(row)
+                except SourceError as exc:
+                    # The server took results in the last seconds: this row's own failure (it
+                    # waits its backoff, the others go on). Otherwise, or twice in a row, the
+                    # server is down: the rest is given back untried.
+                    failures += 1
+                    up = time.monotonic() - self._last_ok < SERVER_UP_WINDOW
+                    await asyncio.to_thread(spool.failed, row.row_id, str(exc), charge=up)
+                    if up and failures < 2:
+                        continue
+                    await asyncio.to_thread(spool.release, [r.row_id for r in rows[i + 1 :]])
+                    self._export_depth()
+                    raise
+                failures = 0
+                self._last_ok = time.monotonic()
+                delivered += 1
+        remaining = await asyncio.to_thread(spool.count, task_type)
+        self.spool_pending = remaining > 0 or bool(self._held)
+        # Rows left are waiting their own backoff: look again in a while, not before each poll.
+        self._flush_at = time.monotonic() + (FLUSH_RECHECK if self.spool_pending else 0.0)
+        self._export_depth()
+        return delivered
+
+    async def _deliver_row(self, row: SpooledResult) -> None:
+        """Deliver one spooled row and remove it, or bury it when the server refuses it.
+
+        Raises:
+            SourceError: a retryable failure (the caller records it on the row).
+        """
+        assert self.spool is not None
+        result = row.result
+        try:
+            try:
+                await self.source.report(row.task, result, chain=False)
+            except SourceError as exc:
+                if not exc.rejects_result or result.exception == _REFUSED:
+                    raise
+                await self.source.report(row.task, _refused(result, exc), chain=False)
+        except SourceError as exc:
+            if exc.retryable:
+                raise
+            log.error(
+                "server refused spooled result of task %s (%s) for good: %s",
+                row.task.task_id,
+                row.task.task_type,
+                exc,
+            )
+            await asyncio.to_thread(self.spool.give_up, row.row_id, f"refused by the server: {exc}")
+            return
+        except Exception as exc:  # a bug in a source: this row only, never the flush
+            log.exception("delivering spooled result of task %s failed", row.task.task_id)
+            raise SourceError(f"{type(exc).__name__}: {exc}") from exc
+        await asyncio.to_thread(self.spool.delivered, row.row_id)
+
+    async def _deliver_held(self, task_type: str | None) -> int:
+        """Results the spool could not store: deliver them now, else try the spool again."""
+        assert self.spool is not None
+        delivered = 0
+        held, self._held = self._held, []
+        for n, (task, result) in enumerate(held):
+            if task_type is not None and task.task_type != task_type:
+                self._held.append((task, result))
+                continue
+            try:
+                await self.source.report(task, result, chain=False)
+                delivered += 1
+            except SourceError as exc:
+                if not exc.retryable:
+                    log.error("server rejected the result of task %s: %s", task.task_id, exc)
+                    continue
+                try:
+                    await asyncio.to_thread(self.spool.put, task, result)
+                except Exception:
+                    self._held.extend(held[n:])
+                    raise exc from None
+        return delivered
+
+    def _export_depth(self) -> None:
+        if self.spool is None:
+            return
+        m = metrics.get()
+        try:
+            m.taskfleet_spool_depth.set(self.spool.count() + len(self._held))
+            m.taskfleet_spool_dead_results.set(sum(self.spool.dead_counts().values()))
+        except Exception as exc:  # a metric is not worth a failed flush
+            log.debug("spool depth not exported: %s", exc)
+
+
+#: ``TaskResult.exception`` of a result the server refused, reported without its output.
+_REFUSED = "ResultRefused"
+
+
+def _refused(result: TaskResult, exc: SourceError) -> TaskResult:
+    """The terminal failure reported instead of a result the server refused for good."""
+    stripped = result.without_output(f"result refused by the server: {exc}")
+    stripped.exception = _REFUSED
+    log.error("task %s: %s; reporting it failed without its output", result.task_id, exc)
+    return stripped

@@ -105,9 +105,20 @@ class SourceError(TaskfleetError):
         retryable: whether the same call may succeed later (timeouts, 5xx, refused connections);
             False for answers that will not change (400 on a malformed request).
         status: the HTTP status or transport-specific code when there was one.
+        rejects_result: the server refused the result itself (too large, malformed) and always
+            will: the task is then reported failed without its output, with this message as
+            the reason (``docs/reliability.md``, promise 2).
     """
 
-    def __init__(self, message: str, *, retryable: bool = True, status: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool = True,
+        status: int | None = None,
+        rejects_result: bool = False,
+    ) -> None:
         super().__init__(message)
-        self.retryable = retryable
+        self.retryable = retryable and not rejects_result
         self.status = status
+        self.rejects_result = rejects_result

@@ -145,6 +145,13 @@ DEFINITIONS: tuple[_Def, ...] = (
         "gauge", "taskfleet_spool_depth", "Results waiting in the local spool", (), mode="livemax"
     ),
     _Def(
+        "gauge",
+        "taskfleet_spool_dead_results",
+        "Results the local spool gave up on (moved to its dead table)",
+        (),
+        mode="livemax",
+    ),
+    _Def(
         "counter",
         "taskfleet_time_limit_kills",
         "Processes killed for a task past its time limit",

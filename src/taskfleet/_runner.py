@@ -72,6 +72,7 @@ EXIT_START_FAILED = 3
 class _Stats:
     completed: int = 0
     last_poll_ok: float = 0.0
+    last_poll: float = 0.0
     last_error: str = ""
 
 
@@ -209,13 +210,13 @@ class Runner:
                 self._polling = False
                 await self._sleep(1.0)
                 continue
-            if self._delivery.spool_pending:
+            if self._delivery.flush_due:
                 try:
                     await self._delivery.flush(self.task_type)
                 except SourceError as exc:
+                    # The spool waits its own backoff and polling goes on: a result the server
+                    # does not take must not stop this task type (a dead server fails the poll).
                     self._record_error(exc)
-                    await self._sleep(self._error_delay(errors))
-                    continue
             free = self.slots - len(self._running)
             if free <= 0:
                 self._polling = False
@@ -242,6 +243,7 @@ class Runner:
             )
             self._hook("before_poll", self.task_type)
             started = time.monotonic()
+            self._stats.last_poll = time.time()
             m.task_poll.labels(self.task_type).inc()
             try:
                 tasks = await self.source.poll(request)
@@ -352,6 +354,7 @@ class Runner:
                 last_poll_ok=self._stats.last_poll_ok,
                 last_error=self._stats.last_error,
                 polling=self._polling and not self._stopping,
+                last_poll=self._stats.last_poll,
             )
         )
 
@@ -362,6 +365,13 @@ class Runner:
                 await self._delivery.flush(self.task_type)
             except SourceError as exc:
                 log.warning("%s: spooled results stay in the spool: %s", self.task_type, exc)
+        if self._delivery.held:
+            log.error(
+                "%s: %d result(s) neither delivered nor stored (the spool cannot be written) are"
+                " lost with this process; their tasks run again after the server's timeout",
+                self.task_type,
+                self._delivery.held,
+            )
 
     # -- tasks --------------------------------------------------------------------------------
 

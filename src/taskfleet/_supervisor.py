@@ -138,6 +138,9 @@ class Child:
             "last_exit": self.last_exit,
             "last_error": status.last_error if status else "",
             "last_poll_ok": status.last_poll_ok if status else 0.0,
+            "last_poll": status.last_poll if status else 0.0,
+            "up_seconds": round(time.monotonic() - self.started, 1) if self.started else 0.0,
+            "paused": self.options.paused,
             "polling": bool(status and status.polling),
         }
 
@@ -346,6 +349,17 @@ class TaskHandler:
         """What ``/workers`` shows: one entry per process slot."""
         with self._lock:
             return [c.describe() for c in self._children]
+
+    def spool_status(self) -> dict[str, Any]:
+        """What ``/workers`` shows about the result spool: rows waiting, rows given up."""
+        spool = self._spool
+        if spool is None:
+            return {"waiting": 0, "dead": {}, "recent_dead": []}
+        return {
+            "waiting": spool.count(),
+            "dead": spool.dead_counts(),
+            "recent_dead": spool.dead(limit=10),
+        }
 
     def ready(self) -> tuple[bool, str]:
         """Readiness: every worker type has a live process whose last poll succeeded recently

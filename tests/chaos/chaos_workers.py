@@ -45,3 +45,11 @@ def chaos_slow(seconds: float) -> dict:
 @worker_task("hostile", threads=4, processes=2, poll_interval=20)
 def hostile(x: int) -> dict:
     return {"x": x}
+
+
+@worker_task("chaos_big", threads=4, processes=2, poll_interval=20)
+def chaos_big(n: int, big: bool = False) -> dict:
+    """``big`` returns about 2 MB: more than nats-server's default max payload (1 MB)."""
+    if big:
+        return {"n": n, "blob": "x" * 2_100_000}
+    return {"n": n}

@@ -262,6 +262,49 @@ def test_undecodable_bytes_are_dead_lettered_with_a_reason_and_polling_goes_on(n
     run(scenario())
 
 
+def test_a_message_naming_another_task_type_is_a_decode_error_settled_on_its_own_subject(
+    nats_config,
+):
+    async def scenario() -> None:
+        source = await started(nats_config, WorkerBinding("mine"), WorkerBinding("theirs"))
+        async with Probe(nats_config) as probe:
+            try:
+                # Published on mine's subject, but the message says it is a "theirs" task.
+                payload = encode_task("liar", "theirs", {})
+                await probe.js.publish(source.subjects.task("mine"), payload)
+                assert await source.poll(PollRequest("mine", 5, 2.0, "w1")) == []
+                await eventually(lambda: _is_zero(probe.tasks_left("mine")), what="the term")
+                (result,) = await probe.results("mine")
+                assert result.task_id == "liar" and result.task_type == "mine"
+                assert result.status == result.FAILED
+                assert "says type 'theirs' but came on the subject of 'mine'" in result.reason
+                assert await probe.results("theirs") == []
+            finally:
+                await source.close()
+
+    run(scenario())
+
+
+def test_a_result_over_the_max_payload_is_refused_for_good_naming_both_sizes(nats_config):
+    async def scenario() -> None:
+        source = await started(nats_config, WorkerBinding("big"))
+        async with Probe(nats_config) as probe:
+            try:
+                await probe.submit("big", "b1", {})
+                task = await poll_one(source, "big")
+                result = TaskResult(task.task_id, output_data={"blob": "x" * 2_100_000})
+                with pytest.raises(SourceError) as caught:
+                    await source.report(task, result)
+                assert caught.value.rejects_result and not caught.value.retryable
+                assert str(caught.value).startswith(
+                    "output is 2.0 MB; the server accepts at most 1 MB per message"
+                )
+            finally:
+                await source.close()
+
+    run(scenario())
+
+
 def test_in_progress_acks_hold_a_task_past_its_ack_wait(nats_config):
     config = nats_config.replace(nats_ack_wait=1.0)
 

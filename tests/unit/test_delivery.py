@@ -62,7 +62,7 @@ def test_a_result_the_server_rejects_for_good_is_neither_retried_nor_spooled(tmp
     spool = Spool(tmp_path / "spool.sqlite3", "memory")
     delivery = Delivery(source, spool)
     assert asyncio.run(delivery.deliver(task, _done(task, {}))) is None
-    assert spool.count() == 0 and not delivery.spool_pending
+    assert spool.count() == 0 and delivery.held == 0
     spool.close()
 
 

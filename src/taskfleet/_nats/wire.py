@@ -222,13 +222,25 @@ def task_from_message(
 ) -> Task:
     """Build the model's Task; the delivery count (``attempt``) wins over the wire field.
 
+    ``task_type`` is the type of the subject the message came on; a message whose own ``type``
+    field names another is not trusted with it (its result would go to that type's subject).
+
     ``input_data``: the input already decoded by :func:`parse_task` (else decoded here).
+
+    Raises:
+        DecodeError: the message's ``type`` is not the subject's.
     """
+    if message.type and message.type != task_type:
+        raise DecodeError(
+            f"task message says type {message.type[:100]!r} but came on the subject of"
+            f" {task_type!r}",
+            message.id.encode()[:256],
+        )
     if input_data is None:
         input_data = _json.loads(message.input) if message.input else {}
     return Task(
         task_id=message.id,
-        task_type=message.type or task_type,
+        task_type=task_type,
         input_data=input_data,
         workflow_instance_id=message.workflow_id,
         correlation_id=message.correlation_id,

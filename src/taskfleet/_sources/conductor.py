@@ -360,7 +360,13 @@ class ConductorSource(TaskSource):
             message += (
                 " (the server requires auth: set CONDUCTOR_AUTH_KEY and CONDUCTOR_AUTH_SECRET)"
             )
-        return SourceError(message, retryable=status >= 500 or status == 429, status=status)
+        return SourceError(
+            message,
+            retryable=status >= 500 or status == 429,
+            status=status,
+            # A 4xx that is not auth, an unknown task or rate limiting refuses the result itself.
+            rejects_result=400 <= status < 500 and status not in (401, 403, 404, 408, 429),
+        )
 
     def _json(self, resp: requests.Response, path: str) -> Any:
         try:

@@ -38,7 +38,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from nats.errors import NoRespondersError
+from nats.errors import MaxPayloadError, NoRespondersError
 
 from .. import _metrics as metrics
 from .._backoff import Backoff
@@ -72,6 +72,8 @@ _PROGRESS = b"+WPI"
 _TERM = b"+TERM"
 #: Seconds to wait for a PubAck or a JetStream API answer.
 API_TIMEOUT = 5.0
+#: JetStream's err_code for a message over the stream's max_msg_size (never accepted).
+ERR_MESSAGE_TOO_LARGE = 10054
 
 
 def nak_payload(delay: float) -> bytes:
@@ -449,6 +451,7 @@ class NatsSource(TaskSource):
             self.subjects.result(task.task_type),
             payload,
             {"Nats-Msg-Id": f"{task.task_id}:{task.attempt}"},
+            what="output" if status is None else "result",
         )
 
     async def _publish_next(self, task: Task, result: TaskResult, subject: str) -> None:
@@ -463,7 +466,7 @@ class NatsSource(TaskSource):
             correlation_id=task.correlation_id or task.task_id,
             headers=task.headers,
         )
-        await self._publish(subject, payload, {"Nats-Msg-Id": f"{next_id}:1"})
+        await self._publish(subject, payload, {"Nats-Msg-Id": f"{next_id}:1"}, what="output")
 
     async def _publish_final(
         self,
@@ -526,16 +529,26 @@ class NatsSource(TaskSource):
         )
         return rebuilt, self.subjects.task(task.task_type)
 
-    async def _publish(self, subject: str, payload: bytes, headers: dict[str, str]) -> None:
+    async def _publish(
+        self, subject: str, payload: bytes, headers: dict[str, str], *, what: str = "message"
+    ) -> None:
         """Publish to a stream and wait for its PubAck (a request with its own timeout: unlike
         publish_async's futures it cannot hang when the server rejects the message).
 
         What ``js.publish`` does, minus building a PubAck object nobody reads (~10 µs a task):
-        the answer is checked for JetStream's error object only.
+        the answer is checked for JetStream's error object only. A payload over the server's
+        ``max_payload`` raises a SourceError that ``rejects_result`` (``what`` names it).
         """
         nc = self._require_nc()
         try:
             answer = await nc.request(subject, payload, timeout=API_TIMEOUT, headers=headers)
+        except MaxPayloadError:
+            raise SourceError(
+                f"{what} is {_mb(len(payload))}; the server accepts at most"
+                f" {_mb(nc.max_payload, exact=True)} per message (max_payload): return less,"
+                f" e.g. store large data elsewhere and return a reference to it",
+                rejects_result=True,
+            ) from None
         except NoRespondersError:
             raise SourceError(
                 f"publish to {subject} failed: no stream takes this subject (no responders)"
@@ -596,7 +609,14 @@ def _publish_problem(subject: str, data: bytes) -> SourceError | None:
         f"publish to {subject} failed: {error.get('description', 'refused')}"
         f" (code {error.get('code')}, err_code {code})",
         status=code if isinstance(code, int) else None,
+        rejects_result=code == ERR_MESSAGE_TOO_LARGE,
     )
+
+
+def _mb(size: int, *, exact: bool = False) -> str:
+    """``2.0 MB`` (one decimal), or ``1 MB`` for a round limit (``exact``); MB = 2**20 bytes."""
+    mb = size / (1 << 20)
+    return f"{mb:g} MB" if exact else f"{mb:.1f} MB"
 
 
 async def _all(coroutines: Sequence[Any]) -> None:
