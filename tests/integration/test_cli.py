@@ -449,9 +449,11 @@ def test_run_submit_wait_results_and_status_against_a_real_pool(processes, state
 
     def pool_up() -> bool:
         assert pool.poll() is None, pool.communicate()[1]
-        return taskfleet("status", f"http://127.0.0.1:{port}").returncode == 0
+        status = taskfleet("status", f"http://127.0.0.1:{port}")
+        return status.returncode == 0 and "running" in status.stdout
 
-    wait_for(pool_up, 30, "the pool's /workers")
+    # /workers answers while the worker process still starts: wait for what a user waits for.
+    wait_for(pool_up, 30, "the pool's /workers showing a running process")
     # No URL: the address comes from the same setting the pool used.
     status = taskfleet("status", env={"TASKFLEET_METRICS_ADDRESS": f"127.0.0.1:{port}"})
     assert "greet#0" in status.stdout and "running" in status.stdout
