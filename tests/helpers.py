@@ -1,5 +1,6 @@
 """Helpers shared by the integration and chaos tests: bounded runs, waiting on conditions,
-configurations for the Conductor test server, scraping the pool's endpoint, and the chaos killer.
+configurations for the Conductor test server (built over an empty environment, so a developer's
+shell variables stay out), scraping the pool's endpoint, and the chaos killer.
 
 Importable as ``helpers`` from every test folder (``tests/`` is on ``sys.path`` through its
 ``conftest.py``)."""
@@ -80,7 +81,7 @@ def conductor_settings(server: Any, state: Path, **changes: Any) -> dict[str, An
 
 def conductor_config(server: Any, state: Path, **changes: Any) -> Configuration:
     """The :func:`conductor_settings` as a validated ``Configuration``."""
-    return Configuration(**conductor_settings(server, state, **changes)).validate()
+    return Configuration.from_env({}, **conductor_settings(server, state, **changes))
 
 
 def http_get(url: str) -> tuple[int, str]:
@@ -110,7 +111,7 @@ from {module} import *  # noqa: F403
 from taskfleet import Configuration, TaskHandler
 
 if __name__ == "__main__":
-    with TaskHandler([{worker}], Configuration(**{config!r})) as handler:
+    with TaskHandler([{worker}], Configuration.from_env({{}}, **{config!r})) as handler:
         handler.start_processes()
         handler.join_processes()
     print("drained", flush=True)
@@ -122,8 +123,8 @@ def pool_process(
     directory: Path, worker: str, *, module: str = "pool_workers", **config: Any
 ) -> Iterator[subprocess.Popen[str]]:
     """A pool in a process of its own (real signals, its own stderr), running ``worker`` (an
-    expression over ``tests/integration/{module}.py``) with ``Configuration(**config)``.
-    Killed on the way out if it is still running."""
+    expression over ``tests/integration/{module}.py``) with ``config`` over an empty
+    environment. Killed on the way out if it is still running."""
     script = directory / "pool_main.py"
     workers_dir = str(Path(__file__).resolve().parent / "integration")
     script.write_text(

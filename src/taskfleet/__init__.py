@@ -5,7 +5,7 @@ The public API is what this module exports; implementation modules are private b
 
 from typing import TYPE_CHECKING
 
-from ._config import Configuration
+from ._config import AuthenticationSettings, Configuration
 from ._context import TaskContext, add_log, get_task_context
 from ._errors import (
     AddressInUseError,
@@ -87,6 +87,7 @@ __all__ = [
     "TaskResult",
     "TaskStatus",
     # configuration
+    "AuthenticationSettings",
     "Configuration",
     # errors
     "AddressInUseError",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import logging
 import os
 import sys
 import urllib.parse
@@ -20,7 +21,7 @@ from typing import Any
 from . import _parsers as parsers
 from ._errors import ConfigurationError
 
-__all__ = ["SETTINGS", "Configuration"]
+__all__ = ["SETTINGS", "AuthenticationSettings", "Configuration"]
 
 
 def _state_home() -> str:
@@ -51,11 +52,42 @@ _POSITIVE_INT = parsers.integer(1)
 
 
 @dataclass(frozen=True)
+class AuthenticationSettings:
+    """A Conductor key id and secret, as the Conductor Python SDK passes them to its
+    ``Configuration(authentication_settings=...)`` (docs/migrating-from-conductor-python.md)."""
+
+    key_id: str
+    key_secret: str = field(repr=False)
+
+
+#: Arguments of the Conductor Python SDK's ``Configuration`` that taskfleet has no use for:
+#: what to do instead.
+_SDK_ARGUMENTS = {
+    "auth_token_ttl_min": "tokens are renewed when the server reports them expired; remove it",
+    "proxy": "use HTTPS_PROXY (or HTTP_PROXY) in the pool's environment",
+    "proxy_headers": "not supported; HTTPS_PROXY may carry user:password@ for the proxy",
+    "polling_interval": "use poll_interval per worker or CONDUCTOR_WORKER_ALL_POLL_INTERVAL",
+    "polling_interval_seconds": (
+        "use poll_interval (ms) per worker or CONDUCTOR_WORKER_ALL_POLL_INTERVAL"
+    ),
+    "domain": "use domain= per worker or CONDUCTOR_WORKER_ALL_DOMAIN",
+    "register_schema": "taskfleet registers no schemas; register them with your deployment tooling",
+}
+
+
+@dataclass(frozen=True, init=False)
 class Configuration:
     """Everything a pool needs to know that is not about one worker type.
 
-    Build it with :meth:`from_env` (environment plus explicit overrides) or directly; either way
-    :meth:`validate` runs at ``TaskHandler.start_processes()``.
+    ``Configuration(**settings)`` reads every setting from the environment, as the Conductor
+    Python SDK's does, and the keyword arguments win; :meth:`from_env` reads a given mapping
+    instead. Besides the fields below, the SDK's own argument names are accepted:
+    ``server_api_url`` (the URL with ``/api``), ``base_url`` (without), ``authentication_settings``
+    (an object with ``key_id`` and ``key_secret``) and ``debug``
+    (docs/migrating-from-conductor-python.md).
+
+    Raises:
+        ConfigurationError: naming the variable or argument when a value is invalid.
     """
 
     # -- where tasks come from ------------------------------------------------------------
@@ -209,6 +241,9 @@ class Configuration:
 
     # ----------------------------------------------------------------------------------------
 
+    def __init__(self, **settings: Any) -> None:
+        self._fill(os.environ, settings)
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Configuration:
         """Read every setting from ``env`` (default ``os.environ``); ``overrides`` win.
@@ -216,17 +251,31 @@ class Configuration:
         Raises:
             ConfigurationError: naming the variable when a value does not parse.
         """
-        env = os.environ if env is None else env
+        config = cls.__new__(cls)
+        config._fill(os.environ if env is None else env, overrides)
+        return config
+
+    def _fill(self, env: Mapping[str, str], settings: dict[str, Any]) -> None:
+        given = _settings_from_sdk_arguments(settings)
         values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
+        for f in dataclasses.fields(self):
             var = f.metadata["env"]
-            if var in env and env[var] != "":
+            if f.name in given:
+                values[f.name] = given[f.name]
+            elif env.get(var, "") != "":
                 values[f.name] = _parse(f, var, env[var])
-        unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ConfigurationError(sorted(unknown)[0], "is not a setting of Configuration")
-        values.update(overrides)
-        return cls(**values).validate()
+            else:
+                values[f.name] = f.default
+        if values["source"] == "auto":
+            # A URL given in code wins over the other source's URL in the environment.
+            conductor, nats = bool(given.get("conductor_server_url")), bool(given.get("nats_url"))
+            if conductor and not nats and values["nats_url"]:
+                values["source"] = "conductor"
+            elif nats and not conductor and values["conductor_server_url"]:
+                values["source"] = "nats"
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+        self.validate()
 
     def validate(self) -> Configuration:
         """Check relations between settings; return self."""
@@ -334,6 +383,45 @@ def _forkserver_safe() -> bool:
     """False on Python 3.10.0-3.10.8, whose forkserver listens on an abstract socket any local
     user can connect to and have code run as the pool's user (CVE-2022-42919, fixed in 3.10.9)."""
     return not (3, 10, 0) <= PYTHON_VERSION < (3, 10, 9)
+
+
+def _settings_from_sdk_arguments(arguments: dict[str, Any]) -> dict[str, Any]:
+    """Configuration fields from keyword arguments, the Conductor SDK's names translated.
+
+    Raises:
+        ConfigurationError: for a name that is neither a setting nor an SDK argument.
+    """
+    settings = dict(arguments)
+    if "server_api_url" in settings or "base_url" in settings:
+        api_url, base_url = settings.pop("server_api_url", None), settings.pop("base_url", None)
+        if api_url is not None or base_url is not None:
+            url = api_url if api_url is not None else str(base_url).rstrip("/") + "/api"
+            settings.setdefault("conductor_server_url", url)
+    auth = settings.pop("authentication_settings", None)
+    if auth is not None:
+        try:
+            settings.setdefault("conductor_auth_key", auth.key_id)
+            settings.setdefault("conductor_auth_secret", auth.key_secret)
+        except AttributeError:
+            raise ConfigurationError(
+                "authentication_settings",
+                "expected an object with key_id and key_secret (taskfleet.AuthenticationSettings)",
+            ) from None
+    if settings.pop("debug", False):
+        settings.setdefault("log_level", "debug")
+    level = settings.get("log_level")
+    if isinstance(level, int) and not isinstance(level, bool):
+        settings["log_level"] = logging.getLevelName(level).lower()
+    elif isinstance(level, str):
+        settings["log_level"] = level.lower()
+    known = {f.name for f in dataclasses.fields(Configuration)}
+    for name in sorted(settings):
+        if name in known:
+            continue
+        if name in _SDK_ARGUMENTS:
+            raise ConfigurationError(name, _SDK_ARGUMENTS[name])
+        raise ConfigurationError(name, "is not a setting of Configuration")
+    return settings
 
 
 def _parse(f: dataclasses.Field[Any], var: str, text: str) -> Any:

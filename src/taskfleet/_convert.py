@@ -250,12 +250,26 @@ def _dataclass_converter(cls: type) -> Converter:
     return conv_dataclass
 
 
+def admits_none(tp: Any) -> bool:
+    """Whether an annotation accepts None: none at all, ``Any``, ``object``, ``None`` or an
+    optional type (``X | None``, ``Optional[X]``)."""
+    if tp in (Any, inspect.Parameter.empty, object, None, _NONE_TYPE):
+        return True
+    origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        return admits_none(typing.get_args(tp)[0])
+    if origin is Union or origin is types.UnionType:
+        return any(admits_none(a) for a in typing.get_args(tp))
+    return False
+
+
 @dataclass(frozen=True)
 class _Param:
     name: str
     kind: str  # "value" | "task" | "var_keyword"
     convert: Converter
-    required: bool
+    #: what an absent input key means: "default" (the parameter's), "none", or "fail"
+    absent: str
 
 
 class Binder:
@@ -277,11 +291,13 @@ class Binder:
                 continue
             hint = hints.get(p.name, p.annotation)
             if hint is Task or (isinstance(hint, str) and hint in ("Task", "taskfleet.Task")):
-                self.params.append(_Param(p.name, "task", _conv_any, False))
+                self.params.append(_Param(p.name, "task", _conv_any, "default"))
                 continue
-            self.params.append(
-                _Param(p.name, "value", converter_for(hint), p.default is inspect.Parameter.empty)
-            )
+            if p.default is not inspect.Parameter.empty:
+                absent = "default"
+            else:
+                absent = "none" if admits_none(hint) else "fail"
+            self.params.append(_Param(p.name, "value", converter_for(hint), absent))
         self.names = {p.name for p in self.params}
 
     def bind(self, task: Task) -> dict[str, Any]:
@@ -294,7 +310,9 @@ class Binder:
                 kwargs[p.name] = task
             elif p.name in data:
                 kwargs[p.name] = p.convert(data[p.name], p.name)
-            elif p.required:
+            elif p.absent == "none":
+                kwargs[p.name] = None
+            elif p.absent == "fail":
                 raise InputError(
                     f"input is missing required parameter {p.name!r}", parameter=p.name
                 )

@@ -23,7 +23,8 @@ def test_kill_9_every_half_second_loses_no_task_on_conductor(tmp_path):
         # yet announced when it died); the suite counts how often the server had to use it.
         server.register_task_def("chaos_work", retry_count=20, response_timeout_seconds=10)
         ids = server.enqueue_many("chaos_work", [{"n": i} for i in range(TASKS)])
-        config = Configuration(
+        config = Configuration.from_env(
+            {},
             source="conductor",
             conductor_server_url=server.url,
             state_dir=str(tmp_path / "state"),

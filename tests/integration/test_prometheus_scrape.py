@@ -46,7 +46,8 @@ def _query(base: str, promql: str) -> float | None:
 def test_prometheus_scrapes_the_pool_and_sums_every_process(tmp_path):
     with ConductorTestServer() as server:
         ids = server.enqueue_many("square", [{"x": i} for i in range(100)])
-        config = Configuration(
+        config = Configuration.from_env(
+            {},
             source="conductor",
             conductor_server_url=server.url,
             state_dir=str(tmp_path / "state"),

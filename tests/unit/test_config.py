@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import pickle
 import sys
 
 import pytest
 
-from taskfleet import Configuration, ConfigurationError
+from taskfleet import AuthenticationSettings, Configuration, ConfigurationError
 from taskfleet import _config as config_module
 
 
@@ -77,3 +79,71 @@ def test_forkserver_stays_the_linux_default_on_fixed_pythons(monkeypatch):
     monkeypatch.setattr(config_module, "PYTHON_VERSION", (3, 10, 9))
     assert Configuration.from_env({}).resolved_start_method == "forkserver"
     assert Configuration.from_env({"TASKFLEET_START_METHOD": "forkserver"}).start_method
+
+
+# -- Configuration() as the Conductor Python SDK builds it ---------------------------------------
+
+SDK_ENV = {
+    "CONDUCTOR_SERVER_URL": "http://conductor.internal:8080/api",
+    "CONDUCTOR_AUTH_KEY": "key-id",
+    "CONDUCTOR_AUTH_SECRET": "key-secret",
+    "TASKFLEET_DRAIN_TIMEOUT": "12",
+}
+
+
+def test_configuration_without_arguments_reads_the_environment(monkeypatch):
+    for var, value in SDK_ENV.items():
+        monkeypatch.setenv(var, value)
+    monkeypatch.delenv("NATS_URL", raising=False)
+    config = Configuration()
+    assert config.resolved_source == "conductor"
+    assert config.conductor_server_url == "http://conductor.internal:8080/api"
+    assert (config.conductor_auth_key, config.conductor_auth_secret) == ("key-id", "key-secret")
+    assert config.drain_timeout == 12.0
+    assert Configuration(drain_timeout=3).drain_timeout == 3  # explicit arguments win
+
+
+def test_the_sdk_argument_names_work(monkeypatch):
+    monkeypatch.setenv("NATS_URL", "nats://127.0.0.1:4222")  # a URL in code wins over the env's
+    auth = AuthenticationSettings(key_id="k", key_secret="s3cret")
+    config = Configuration(
+        server_api_url="http://h:8080/api", authentication_settings=auth, debug=True
+    )
+    assert config.resolved_source == "conductor"
+    assert config.conductor_server_url == "http://h:8080/api"
+    assert (config.conductor_auth_key, config.conductor_auth_secret) == ("k", "s3cret")
+    assert config.log_level == "debug"
+    assert "s3cret" not in repr(config) + repr(auth)
+    assert Configuration(base_url="http://h:8080").conductor_server_url == "http://h:8080/api"
+
+
+@pytest.mark.parametrize(
+    ("argument", "message"),
+    [
+        ("proxy", "proxy: use HTTPS_PROXY (or HTTP_PROXY) in the pool's environment"),
+        (
+            "polling_interval",
+            "polling_interval: use poll_interval per worker or CONDUCTOR_WORKER_ALL_POLL_INTERVAL",
+        ),
+        ("domain", "domain: use domain= per worker or CONDUCTOR_WORKER_ALL_DOMAIN"),
+        (
+            "auth_token_ttl_min",
+            "auth_token_ttl_min: tokens are renewed when the server reports them expired;"
+            " remove it",
+        ),
+        ("poll_intervall", "poll_intervall: is not a setting of Configuration"),
+    ],
+)
+def test_sdk_arguments_without_a_use_name_the_taskfleet_equivalent(argument, message):
+    with pytest.raises(ConfigurationError) as err:
+        Configuration.from_env({}, **{argument: 1})
+    assert str(err.value) == message
+
+
+def test_the_configuration_stays_frozen_and_replace_keeps_working():
+    config = Configuration.from_env({}, source="memory")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.source = "nats"  # type: ignore[misc]
+    changed = config.replace(drain_timeout=1)
+    assert (changed.source, changed.drain_timeout) == ("memory", 1)
+    assert pickle.loads(pickle.dumps(changed)) == changed

@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 #: Each module's public names (its ``__all__``), as one string per module.
 PUBLIC_NAMES = {
     "taskfleet": (
-        "AddressInUseError Configuration ConfigurationError DecodeError InputError "
-        "NonRetryableError OutputError ResultTimeout SourceError Task TaskClient "
+        "AddressInUseError AuthenticationSettings Configuration ConfigurationError DecodeError "
+        "InputError NonRetryableError OutputError ResultTimeout SourceError Task TaskClient "
         "TaskContext TaskError TaskHandler TaskInProgress TaskLog TaskOutcome TaskResult "
         "TaskStatus TaskfleetError Worker WorkerInterface WorkerOptions add_log "
         "get_task_context worker_task"

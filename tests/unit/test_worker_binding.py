@@ -8,7 +8,7 @@ import pickle
 import typing
 from collections.abc import Mapping as AbcMapping
 from collections.abc import Sequence as AbcSequence
-from typing import Literal
+from typing import Any, Literal, Optional
 
 import pytest
 
@@ -21,6 +21,7 @@ from taskfleet import (
     TaskStatus,
     worker_task,
 )
+from taskfleet._convert import Binder
 from taskfleet._outcome import to_result
 
 
@@ -181,3 +182,22 @@ def test_abstract_sequence_and_mapping_annotations_are_converted_and_checked():
         assert "a[0]" in str(exc)
     else:
         raise AssertionError("a list of strings must not bind to Sequence[int]")
+
+
+def test_an_absent_key_is_none_for_parameters_that_admit_none_and_fails_the_others():
+    def handler(name, anything: Any, maybe: int | None, optional: Optional[str], size: int):  # noqa: UP045 - the SDK's spelling
+        return name
+
+    binder = Binder(handler)
+    task = Task("t-1", "absent", {"size": 3})
+    assert binder.bind(task) == {
+        "name": None,
+        "anything": None,
+        "maybe": None,
+        "optional": None,
+        "size": 3,
+    }
+    with pytest.raises(InputError) as err:
+        binder.bind(Task("t-2", "absent", {}))
+    assert str(err.value) == "input is missing required parameter 'size'"
+    assert err.value.parameter == "size"
