@@ -36,7 +36,13 @@ from typing import IO, Any, NoReturn
 
 from . import _parsers as parsers
 from ._config import Configuration
-from ._errors import AddressInUseError, ConfigurationError, SourceError, TaskfleetError
+from ._errors import (
+    AddressInUseError,
+    ConfigurationError,
+    SourceError,
+    TaskfleetError,
+    user_frame,
+)
 from ._local import LocalTask
 from ._task import TaskStatus
 from ._worker import Worker, WorkerInterface, as_worker
@@ -132,22 +138,11 @@ def import_user_module(name: str) -> ModuleType:
     except ConfigurationError as exc:
         # A worker declared with an invalid option: ours to explain in one line, at the user's
         # line (the innermost frame outside taskfleet), not with the import machinery's frames.
-        raise _usage(f"{_user_frame(exc)}{exc}") from None
+        raise _usage(f"{user_frame(exc.__traceback__)}{exc}") from None
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt):
             raise
         return _import_failed(name)
-
-
-def _user_frame(exc: BaseException) -> str:
-    """``file:line: `` of the innermost frame of ``exc`` outside taskfleet, or ``""``."""
-    package = os.path.dirname(os.path.abspath(__file__))
-    where = ""
-    for frame in traceback.extract_tb(exc.__traceback__):
-        path = os.path.abspath(frame.filename)
-        if not path.startswith(package + os.sep) and not frame.filename.startswith("<"):
-            where = f"{os.path.relpath(path)}:{frame.lineno}: "
-    return where
 
 
 def _import_failed(name: str) -> NoReturn:

@@ -7,7 +7,11 @@ are not a task.
 
 from __future__ import annotations
 
+import os
+import sys
+import traceback
 from collections.abc import Mapping
+from types import TracebackType
 from typing import Any
 
 
@@ -26,6 +30,42 @@ class ConfigurationError(TaskfleetError, ValueError):
     def __init__(self, setting: str, message: str) -> None:
         super().__init__(f"{setting}: {message}")
         self.setting = setting
+        _one_line_if_uncaught()
+
+
+def user_frame(tb: TracebackType | None) -> str:
+    """``file:line: `` of the innermost frame of ``tb`` outside taskfleet (the user's line that
+    declared or started what is wrong), or ``""``."""
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    where = ""
+    for frame in traceback.extract_tb(tb):
+        if frame.filename.startswith("<"):
+            continue  # the import machinery
+        path = os.path.abspath(frame.filename)
+        if not path.startswith(package):
+            where = f"{os.path.relpath(path)}:{frame.lineno}: "
+    return where
+
+
+def _one_line_if_uncaught() -> None:
+    """Make a ConfigurationError that no one catches end the program with one line naming the
+    setting (and the user's line), not a traceback through import machinery and taskfleet's
+    internals. Armed by the first ConfigurationError created; other exceptions, and every
+    exception when ``TASKFLEET_LOG_LEVEL`` is ``DEBUG``, go to the hook that was there before.
+    """
+    previous = sys.excepthook
+    if getattr(previous, "_taskfleet", False):
+        return
+
+    def excepthook(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+        debug = os.environ.get("TASKFLEET_LOG_LEVEL", "").upper() == "DEBUG"
+        if isinstance(exc, ConfigurationError) and not debug:
+            print(f"taskfleet: {user_frame(tb)}{exc}", file=sys.stderr)
+        else:
+            previous(kind, exc, tb)
+
+    excepthook._taskfleet = True  # type: ignore[attr-defined]
+    sys.excepthook = excepthook
 
 
 class AddressInUseError(ConfigurationError):

@@ -505,3 +505,78 @@ def test_run_with_its_metrics_address_in_use_is_one_line_and_exit_5(tmp_path):
     )
     # Nothing was started before the address was checked: no embedded server was left behind.
     assert not (tmp_path / "nats" / "server.json").exists()
+
+
+# -- the same mistakes through the Python API ------------------------------------------------
+
+MAIN_WITH_ZERO_THREADS = """\
+from taskfleet import TaskHandler, worker_task
+
+
+@worker_task("resize_image", threads=0)
+def resize(x: int) -> dict:
+    return {"y": x}
+
+
+with TaskHandler([resize]) as handler:
+    handler.start_processes()
+"""
+
+
+def test_a_script_with_an_invalid_worker_option_ends_with_one_line(tmp_path):
+    (tmp_path / "main.py").write_text(MAIN_WITH_ZERO_THREADS)
+    done = subprocess.run(
+        [sys.executable, "main.py"], cwd=tmp_path, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        "taskfleet: main.py:4: resize_image.threads: expected an integer >= 1, got 0"
+    ]
+
+
+def test_the_traceback_is_there_at_debug_level(tmp_path):
+    (tmp_path / "main.py").write_text(MAIN_WITH_ZERO_THREADS)
+    done = subprocess.run(
+        [sys.executable, "main.py"],
+        cwd=tmp_path,
+        env={**os.environ, "TASKFLEET_LOG_LEVEL": "DEBUG"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "Traceback (most recent call last)" in done.stderr
+    assert "ConfigurationError: resize_image.threads" in done.stderr
+
+
+def test_a_script_whose_metrics_address_is_taken_ends_with_one_line(tmp_path):
+    (tmp_path / "main.py").write_text(
+        "from taskfleet import Configuration, TaskHandler\n"
+        "from examples.quickstart.workers import greet\n"
+        "\n"
+        "with TaskHandler([greet], Configuration.from_env()) as handler:\n"
+        "    handler.start_processes()\n"
+    )
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        done = subprocess.run(
+            [sys.executable, "main.py"],
+            cwd=tmp_path,
+            env={
+                **os.environ,
+                "PYTHONPATH": str(ROOT),
+                "TASKFLEET_METRICS_ADDRESS": address,
+                "TASKFLEET_STATE_DIR": str(tmp_path / "state"),
+            },
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"taskfleet: main.py:5: TASKFLEET_METRICS_ADDRESS: {address} is in use (another pool?):"
+        " set it (or --metrics-address) to a free host:port, or to off"
+    ]
