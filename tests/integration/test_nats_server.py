@@ -136,3 +136,16 @@ def test_the_embedded_servers_files_are_the_owners_only(tmp_path):
         if p.exists() and stat.S_IMODE(p.lstat().st_mode) & 0o077
     ]
     assert not loose
+
+
+def test_the_embedded_server_keeps_its_port_across_restarts_unless_it_was_taken(tmp_path):
+    with EmbeddedNats(tmp_path) as first:
+        pass
+    with EmbeddedNats(tmp_path) as again:
+        assert again == first
+    port = urlsplit(first).port
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        with EmbeddedNats(tmp_path) as moved:
+            assert moved != first and _accepts(moved)

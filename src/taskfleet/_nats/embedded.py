@@ -35,7 +35,7 @@ from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any
 
 from .._private import private_dir, private_file
-from .server import NatsServer
+from .server import NatsServer, NatsServerError
 
 if TYPE_CHECKING:
     from .._config import Configuration
@@ -96,7 +96,7 @@ class EmbeddedNats:
             try:
                 url = self._running_url()
                 if url is None:
-                    self._server = NatsServer(self.dir, ready_timeout=self.ready_timeout).start()
+                    self._server = self._start_server()
                     url = self._server.url
                     self._write_discovery(url, self._server.pid or 0)
             except BaseException:
@@ -140,6 +140,25 @@ class EmbeddedNats:
                 yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _start_server(self) -> NatsServer:
+        """Start the server on the port this state directory's server had before, so the URL
+        (and with it where spooled results belong) survives a restart; a port some other
+        program took meanwhile costs a new one."""
+        port_file = self.dir / "port"
+        try:
+            port = int(port_file.read_text().strip())
+        except (OSError, ValueError):
+            port = -1
+        try:
+            server = NatsServer(self.dir, port=port, ready_timeout=self.ready_timeout).start()
+        except NatsServerError:
+            if port == -1:
+                raise
+            server = NatsServer(self.dir, ready_timeout=self.ready_timeout).start()
+        if server.port != port:
+            private_file(port_file).write_text(f"{server.port}\n")
+        return server
 
     def _read_discovery(self) -> dict[str, Any] | None:
         try:
