@@ -1,56 +1,33 @@
 """The control channel between a worker process and its supervisor.
 
-Each child owns one end of a ``multiprocessing`` pipe. It reports what the supervisor needs to
-keep its promises when the child cannot: a heartbeat from its loop, and the tasks it holds that
-do not fit its in-flight ledger (``ledger.py``; normally every task goes there, not here) and
-when those are settled. The supervisor sends one instruction: stop (drain).
+Each child owns one end of a ``multiprocessing`` pipe. It says that it is up, sends a heartbeat
+from its loop (how the supervisor tells a wedged process from a busy one), and says why it
+leaves. The supervisor sends one instruction: stop (drain). Which tasks a child holds is not
+said here: the in-flight ledger (``ledger.py``) is the one place for that.
 
-Messages are small tuples; a batch of received tasks travels as one message. Every send happens
-on the child's event-loop thread, so no lock is needed on the child side.
+Messages are small tuples. Every send happens on the child's event-loop thread, so no lock is
+needed on the child side.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import operator
-import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from ._task import Task
-
-__all__ = ["ChildStatus", "ControlClient", "pack_task", "unpack_task"]
+__all__ = ["ChildStatus", "ControlClient"]
 
 log = logging.getLogger("taskfleet.control")
 
 # child -> supervisor
-HELLO = "hello"  # (HELLO, pid, slots)
+HELLO = "hello"  # (HELLO,): the loop runs
 HEARTBEAT = "hb"  # (HEARTBEAT, ChildStatus)
-RECEIVED = "recv"  # (RECEIVED, [pack_task(task), ...])
-SETTLED = "done"  # (SETTLED, [task_id, ...])
-SPOOLED = "spool"  # (SPOOLED, task_type, count written)
 LEAVING = "bye"  # (LEAVING, reason): a clean, intended exit (drained, recycled, parent gone)
 # supervisor -> child
 STOP = "stop"
-
-
-# A received task crosses the pipe as a plain tuple of its fields without the payload
-# (``input_data``, ``raw``): pickling a dataclass per task cost more than the rest of the
-# channel put together.
-_FIELDS = [f.name for f in dataclasses.fields(Task)]
-assert _FIELDS[2] == "input_data" and _FIELDS[-1] == "raw", _FIELDS
-pack_task: Callable[[Task], tuple[Any, ...]] = operator.attrgetter(
-    *(name for name in _FIELDS if name not in ("input_data", "raw"))
-)
-
-
-def unpack_task(packed: Sequence[Any]) -> Task:
-    """The slim :class:`Task` (no ``input_data``, no ``raw``) that :func:`pack_task` packed."""
-    return Task(packed[0], packed[1], {}, *packed[2:])
 
 
 @dataclass(frozen=True)
@@ -87,22 +64,11 @@ class ControlClient:
             # The supervisor is gone; the reader thread notices the same and stops the runner.
             self._broken = True
 
-    def hello(self, slots: int) -> None:
-        self._send((HELLO, os.getpid(), slots))
+    def hello(self) -> None:
+        self._send((HELLO,))
 
     def heartbeat(self, status: ChildStatus) -> None:
         self._send((HEARTBEAT, status))
-
-    def received(self, tasks: Sequence[Task]) -> None:
-        if tasks and not self._broken:
-            self._send((RECEIVED, [pack_task(t) for t in tasks]))
-
-    def settled(self, task_ids: Sequence[str]) -> None:
-        if task_ids:
-            self._send((SETTLED, list(task_ids)))
-
-    def spooled(self, task_type: str, count: int) -> None:
-        self._send((SPOOLED, task_type, count))
 
     def leaving(self, reason: str) -> None:
         self._send((LEAVING, reason))

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 
 from tenacity import (
     AsyncRetrying,
@@ -59,7 +58,6 @@ class Delivery:
     Args:
         source: the started source results go to.
         spool: where undeliverable results wait (None: no spool; they are logged as lost).
-        on_spooled: called with (task_type, count) after results were written to the spool.
         attempts, max_seconds: retry budget per result before it is spooled.
     """
 
@@ -68,14 +66,12 @@ class Delivery:
         source: TaskSource,
         spool: Spool | None,
         *,
-        on_spooled: Callable[[str, int], None] | None = None,
         attempts: int | None = None,
         max_seconds: float | None = None,
         wait_max: float = 5.0,
     ) -> None:
         self.source = source
         self.spool = spool
-        self._on_spooled = on_spooled
         self._attempts = REPORT_ATTEMPTS if attempts is None else attempts
         self._max_seconds = REPORT_MAX_SECONDS if max_seconds is None else max_seconds
         self._wait_max = wait_max
@@ -203,8 +199,6 @@ class Delivery:
             task.task_type,
             exc,
         )
-        if self._on_spooled is not None:
-            self._on_spooled(task.task_type, 1)
 
     @property
     def held(self) -> int:

@@ -22,6 +22,7 @@ report them if this process dies, and extend their leases while the handler hold
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
 import logging
 import math
@@ -39,10 +40,10 @@ from . import _metrics as metrics
 from ._backoff import Backoff
 from ._config import Configuration
 from ._context import TaskContext, task_context
-from ._control import ChildStatus, ControlClient, pack_task
+from ._control import ChildStatus, ControlClient
 from ._delivery import Delivery
 from ._errors import ConfigurationError, SourceError
-from ._ledger import Ledger
+from ._ledger import Ledger, pack_task
 from ._logs import redact, redact_result
 from ._options import WorkerOptions
 from ._outcome import result_from_exception, to_result
@@ -86,8 +87,8 @@ class Runner:
         spool: the durable result spool (None: results that cannot be delivered are lost).
         control: the channel to the supervisor (a disconnected client when run alone).
         hooks: objects with optional ``before_``/``after_`` poll, execute and report methods.
-        ledger: where the supervisor reads which tasks this process holds (None: the tasks
-            are announced over ``control``; see ``ledger.py``).
+        ledger: where the supervisor reads which tasks this process holds (None: no supervisor
+            reads them, e.g. ``taskfleet local``; see ``ledger.py``).
     """
 
     def __init__(
@@ -123,13 +124,12 @@ class Runner:
         self._threads: LoopThreads | None = None
         self._delivery: Delivery | None = None
         self._polling = False
-        self._settled_ids: list[str] = []
         self._ledger = ledger if ledger is not None and ledger.slots >= self.slots else None
         self._free_records = list(range(self.slots - 1, -1, -1))
         #: free slots worth a poll at once while other tasks still run (see ``_poll_loop``)
         self._batch = max(1, math.ceil(self.slots * 0.75))
-        #: tasks announced over the pipe (no ledger, or too big for a record)
-        self._piped: set[str] = set()
+        #: tasks a source handed out beyond the free slots, waiting for one (see ``_start``)
+        self._backlog: collections.deque[Task] = collections.deque()
 
     # -- control ------------------------------------------------------------------------------
 
@@ -175,8 +175,8 @@ class Runner:
         if not self.worker.is_async:
             self._threads = LoopThreads(self.slots, f"tf-{self.task_type}")
         await self.source.start()
-        self._delivery = Delivery(self.source, self.spool, on_spooled=self.control.spooled)
-        self.control.hello(self.slots)
+        self._delivery = Delivery(self.source, self.spool)
+        self.control.hello()
         heartbeat = asyncio.create_task(self._heartbeat())
         flusher = asyncio.create_task(_flush_metrics()) if metrics.buffering() else None
         try:
@@ -318,27 +318,7 @@ class Runner:
                 self._stop_now("supervisor gone")
             await asyncio.sleep(HEARTBEAT_INTERVAL)
 
-    def _settled(self, task_id: str, record: int) -> None:
-        if task_id not in self._piped:
-            if self._ledger is not None and record >= 0:
-                self._ledger.clear(record)
-            return
-        self._piped.discard(task_id)
-        # Coalesced: one control message per loop iteration, not one per task. A death before
-        # the flush only makes the supervisor re-report a settled task, which servers ignore.
-        if not self.control.connected:
-            return
-        self._settled_ids.append(task_id)
-        if len(self._settled_ids) == 1:
-            asyncio.get_running_loop().call_soon(self._flush_settled)
-
-    def _flush_settled(self) -> None:
-        if self._settled_ids:
-            ids, self._settled_ids = self._settled_ids, []
-            self.control.settled(ids)
-
     def _send_heartbeat(self) -> None:
-        self._flush_settled()
         # Gauges that change with every task are exported once a beat, not per task: each
         # write is a locked mmap update in multiprocess mode, and scrapes are seconds apart.
         m = metrics.get()
@@ -376,7 +356,7 @@ class Runner:
     # -- tasks --------------------------------------------------------------------------------
 
     def _announce(self, tasks: Sequence[Task], records: Sequence[int]) -> list[Task]:
-        """Every task received (polled or chained): tell the supervisor, count it.
+        """Every task about to start (polled or chained): record it in the ledger, count it.
 
         ``records[i]`` is the ledger record of the slot that will run ``tasks[i]``. This
         happens before any of them starts, so a crash in a handler always finds its task known.
@@ -389,20 +369,38 @@ class Runner:
                 for t in tasks
             ]
         ledger = self._ledger
-        piped: list[Task] = []
-        now = time.monotonic()
-        for task, record in zip(tasks, records, strict=True):
-            if ledger is None or record < 0 or not ledger.put(record, pack_task(task), now):
-                piped.append(task)
-        if piped and self.control.connected:
-            self._piped.update(t.task_id for t in piped)
-            self.control.received(piped)
-        metrics.get().taskfleet_tasks_received.labels(self.task_type).inc(len(tasks))
+        if ledger is not None:
+            now = time.monotonic()
+            for task, record in zip(tasks, records, strict=True):
+                try:
+                    ledger.put(record, pack_task(task), now)
+                except OSError as exc:  # a spilled record that could not be written
+                    log.warning(
+                        "%s: task %s runs unrecorded (the server's timeout covers a crash): %s",
+                        self.task_type,
+                        task.task_id,
+                        exc,
+                    )
         return list(tasks)
 
     def _start(self, tasks: Sequence[Task]) -> None:
-        # -1: no record left (a source that returned more tasks than asked): use the pipe.
-        records = [self._free_records.pop() if self._free_records else -1 for _ in tasks]
+        metrics.get().taskfleet_tasks_received.labels(self.task_type).inc(len(tasks))
+        if len(tasks) > len(self._free_records):
+            # A source handed out more than asked: the rest wait for a slot (and its record),
+            # so no task starts without the supervisor knowing it.
+            log.warning(
+                "%s: the source returned %d task(s) for %d free slot(s); the rest wait",
+                self.task_type,
+                len(tasks),
+                len(self._free_records),
+            )
+            self._backlog.extend(tasks[len(self._free_records) :])
+            tasks = tasks[: len(self._free_records)]
+        self._launch(tasks)
+
+    def _launch(self, tasks: Sequence[Task]) -> None:
+        """Start each task in a slot of its own (there is a free one for each)."""
+        records = [self._free_records.pop() for _ in tasks]
         for task, record in zip(self._announce(tasks, records), records, strict=True):
             self._running[task.task_id] = asyncio.create_task(self._slot(task, record))
 
@@ -427,14 +425,20 @@ class Runner:
                     error = exc
                     log.exception("%s: reporting task %s failed", self.task_type, task.task_id)
                 self._hook("after_report", task, result, error)
-                self._settled(task.task_id, record)
+                if self._ledger is not None:
+                    self._ledger.clear(record)
                 if recycle:
                     self._stop_now(recycle)
-                task = self._announce([next_task], [record])[0] if next_task is not None else None
+                if next_task is not None:
+                    metrics.get().taskfleet_tasks_received.labels(self.task_type).inc()
+                    task = self._announce([next_task], [record])[0]
+                else:
+                    task = None
         finally:
             self._running.pop(first_id, None)
-            if record >= 0:
-                self._free_records.append(record)
+            self._free_records.append(record)
+            if self._backlog:
+                self._launch([self._backlog.popleft()])
             self._wake_up()
 
     async def _execute(self, task: Task) -> TaskResult:
@@ -580,7 +584,7 @@ class ChildRecipe:
     metrics_dir: str | None
     conn: Connection | None
     hooks: tuple[Any, ...] = ()
-    #: the in-flight ledger file the supervisor created for this process (None: use the pipe)
+    #: the in-flight ledger file the supervisor created for this process (None: none)
     ledger_path: str | None = None
     #: give handlers' own loggers the pool's logging, unless this process configured the root
     #: logger itself (False: the application did so in the supervisor)
@@ -616,8 +620,8 @@ def child_main(recipe: ChildRecipe) -> None:
         try:
             ledger = Ledger(recipe.ledger_path, recipe.options.threads)
         except OSError as exc:
-            # Gone with its pool (this process started as the pool stopped): announce over the
-            # pipe, which tells this process soon enough that nobody is listening.
+            # Gone with its pool (this process started as the pool stopped): nobody reads it,
+            # and the pipe tells this process soon enough that nobody is listening.
             log.warning("%s: no in-flight ledger: %s", recipe.worker.task_type, exc)
     runner = Runner(
         recipe.worker,

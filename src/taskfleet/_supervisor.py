@@ -2,7 +2,8 @@
 
 It starts one process per worker definition (``processes=N`` for more), and keeps the design's
 promises on their behalf, because it knows what each of them is doing (the in-flight ledger
-each process writes, ``ledger.py``, and the control channel's heartbeats):
+each process writes, ``ledger.py``, the one record of the tasks it holds; and the control
+channel's heartbeats):
 
 - a process that dies (segfault in a ``.so``, ``os._exit``, OOM kill, kill -9) has its in-flight
   tasks reported FAILED at once, naming the signal, and is restarted with backoff;
@@ -37,19 +38,9 @@ from . import _metrics as metrics
 from ._agent import SourceAgent
 from ._backoff import restart_delay
 from ._config import Configuration
-from ._control import (
-    HEARTBEAT,
-    HELLO,
-    LEAVING,
-    RECEIVED,
-    SETTLED,
-    SPOOLED,
-    STOP,
-    ChildStatus,
-    unpack_task,
-)
+from ._control import HEARTBEAT, HELLO, LEAVING, STOP, ChildStatus
 from ._errors import ConfigurationError
-from ._ledger import Ledger, ledger_dir
+from ._ledger import Ledger, ledger_dir, unpack_task
 from ._options import WorkerOptions, options_from_env
 from ._runner import EXIT_START_FAILED, ChildRecipe, child_main, time_limit_result
 from ._scratch import ScratchDir
@@ -101,7 +92,6 @@ class Child:
     started: float = 0.0
     last_heartbeat: float = 0.0
     status: ChildStatus | None = None
-    slots: int = 0
     in_flight: dict[str, InFlight] = field(default_factory=dict)
     restarts: int = 0
     crashes_in_a_row: int = 0
@@ -536,8 +526,8 @@ class TaskHandler:
         child = self._child_for(conn)
         if child is None:
             return
-        # Drain everything queued on this pipe now: received-task messages must be seen
-        # before the process's death is handled.
+        # Drain everything queued on this pipe now: a goodbye must be seen before the
+        # process's death is handled.
         while True:
             try:
                 if not conn.poll():
@@ -554,14 +544,7 @@ class TaskHandler:
         now = time.monotonic()
         child.last_heartbeat = now
         with self._lock:
-            if kind == RECEIVED:
-                for packed in message[1]:
-                    self._track(child, unpack_task(packed), now)
-            elif kind == SETTLED:
-                for task_id in message[1]:
-                    child.in_flight.pop(task_id, None)
-                child.crashes_in_a_row = 0  # it does work: a later death is not a crash loop
-            elif kind == HEARTBEAT:
+            if kind == HEARTBEAT:
                 child.status = message[1]
                 if child.state is State.STARTING:
                     child.state = State.RUNNING
@@ -572,15 +555,12 @@ class TaskHandler:
                     # get going (bad import, unreachable server), not for ones killed mid-work.
                     child.crashes_in_a_row = 0
             elif kind == HELLO:
-                child.slots = message[2]
                 if child.state is State.STARTING:
                     child.state = State.RUNNING
                 if self._stopping:
                     self._send(child, (STOP,))
             elif kind == LEAVING:
                 child.leaving = str(message[1])
-            elif kind == SPOOLED:
-                pass  # counted by the child's own metrics
 
     def _track(self, child: Child, task: Task, started: float) -> None:
         """Hold ``task`` as in flight in ``child`` since ``started`` (monotonic); under the lock."""
@@ -616,7 +596,7 @@ class TaskHandler:
                 if seq >= 4:
                     # A record is written twice per task (held, then cleared once reported):
                     # past 4, this process has reported work, so a later death is not a crash
-                    # loop (the pipe's "settled" message said the same).
+                    # loop.
                     child.crashes_in_a_row = 0
                 if known is not None and known[1]:
                     child.in_flight.pop(known[1], None)  # settled (or replaced by a chained task)
@@ -659,7 +639,7 @@ class TaskHandler:
         process = child.process
         process.join(0.5)
         if child.conn is not None:
-            self._read(child.conn)  # what the child said last (settled tasks, goodbye)
+            self._read(child.conn)  # what the child said last (its goodbye)
             if child.conn is not None:
                 child.conn.close()
                 child.conn = None

@@ -115,6 +115,23 @@ def test_a_segfault_fails_exactly_that_task_at_once_naming_the_signal(server, tm
     assert status["restarts"] >= 1 and "SIGSEGV" in status["last_exit"]
 
 
+def test_a_task_too_big_for_a_ledger_record_is_still_reported_at_once_when_its_process_dies(
+    server, tmp_path
+):
+    # Its record is spilled to a side file (the ledger stays the one record of held tasks); the
+    # server's response timeout is an hour, so only the supervisor can have reported it.
+    server.register_task_def("crashy", retry_count=0, response_timeout_seconds=3600)
+    huge = "c" * 10_000  # a ledger record is 4 KiB
+    bomb = server.enqueue("crashy", {"x": -1, "crash": True}, correlation_id=huge)
+    cfg = conductor_config(server, tmp_path / "state", metrics_address="127.0.0.1:0")
+    with TaskHandler([crashy], cfg, install_signal_handlers=False) as h:
+        h.start_processes()
+        assert server.wait_for([bomb], timeout=60)
+    crashed = server.job(bomb)
+    assert crashed.status == "FAILED"
+    assert "SIGSEGV" in (crashed.reason or "")
+
+
 def test_a_task_past_its_time_limit_is_killed_reported_and_the_process_replaced(server, tmp_path):
     server.register_task_def("sleeper", retry_count=0)
     stuck = server.enqueue("sleeper", {"seconds": 60})

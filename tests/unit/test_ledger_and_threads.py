@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import pickle
 import threading
 import time
 
 import pytest
 
-from taskfleet._control import pack_task, unpack_task
-from taskfleet._ledger import RECORD_SIZE, Ledger
+from taskfleet._ledger import RECORD_SIZE, Ledger, pack_task, unpack_task
 from taskfleet._task import Task
 from taskfleet._threads import LoopThreads
 
@@ -42,7 +42,7 @@ def test_the_supervisor_reads_what_the_worker_wrote_in_another_mapping(tmp_path)
     worker = Ledger(path, 3)
     assert supervisor.read() == [(0, 0.0, b""), (0, 0.0, b""), (0, 0.0, b"")]
 
-    assert worker.put(1, pack_task(_task("t-1")), 123.5)
+    worker.put(1, pack_task(_task("t-1")), 123.5)
     records = supervisor.read()
     assert records[0] == (0, 0.0, b"") and records[2] == (0, 0.0, b"")
     seq, started, payload = records[1]  # type: ignore[misc]
@@ -70,12 +70,36 @@ def test_a_record_being_written_reads_as_unknown_not_as_garbage(tmp_path):
     supervisor.close(remove=True)
 
 
-def test_a_task_too_big_for_a_record_is_refused_so_the_pipe_carries_it(tmp_path):
-    ledger = Ledger.create(tmp_path / "1.ledger", 1)
+def test_a_task_too_big_for_a_record_is_spilled_to_a_side_file_and_still_read(tmp_path):
+    path = tmp_path / "1.ledger"
+    supervisor = Ledger.create(path, 2)
+    worker = Ledger(path, 2)
     huge = Task("t-1", "resize", headers={"h": "x" * RECORD_SIZE})
-    assert not ledger.put(0, pack_task(huge), 1.0)
-    assert ledger.read() == [(0, 0.0, b"")]  # untouched
+    worker.put(1, pack_task(huge), 7.0)
+    seq, started, payload = supervisor.read()[1]  # type: ignore[misc]
+    assert started == 7.0
+    assert unpack_task(pickle.loads(payload)).headers == huge.headers
+    side = worker.side_file(1)
+    assert os.path.exists(side)
+    worker.clear(1)
+    assert supervisor.read()[1] == (seq + 2, 0.0, b"")
+    assert not os.path.exists(side), "a cleared record's side file is removed"
+    worker.close()
+    supervisor.close(remove=True)
+
+
+def test_a_spilled_record_whose_side_file_belongs_to_another_task_reads_as_unknown(tmp_path):
+    path = tmp_path / "1.ledger"
+    ledger = Ledger.create(path, 1)
+    ledger.put(0, pack_task(Task("t-1", "resize", headers={"h": "x" * RECORD_SIZE})), 1.0)
+    side = ledger.side_file(0)
+    os.remove(side)  # the writer is between clearing the record and spilling the next task
+    assert ledger.read() == [None]
+    with open(side, "wb") as f:  # a side file stamped for a later write of the record
+        f.write((99).to_bytes(4, "little") + b"x")
+    assert ledger.read() == [None]
     ledger.close(remove=True)
+    assert not os.path.exists(side) and not path.exists()
 
 
 def test_loop_threads_return_results_and_raise_errors_in_the_caller():

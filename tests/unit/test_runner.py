@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import pickle
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from taskfleet import NonRetryableError, Task, TaskInProgress, TaskStatus, add_log, worker_task
 from taskfleet import _metrics as metrics
 from taskfleet._delivery import Delivery
+from taskfleet._ledger import RECORD_SIZE, Ledger, unpack_task
 from taskfleet._runner import Runner, run_inline
 from taskfleet._sources.memory import MemorySource
 from taskfleet._spool import Spool
@@ -263,3 +265,50 @@ def test_a_process_due_for_recycling_takes_no_chained_task():
     run_inline(add, source, max_tasks=2)
     assert len(source.results) == 2
     assert source.queued("add") == 3
+
+
+class Overgenerous(MemorySource):
+    """A source that hands out every queued task, however few were asked for."""
+
+    async def poll(self, request):  # type: ignore[no-untyped-def]
+        return await super().poll(replace(request, count=1_000))
+
+
+def test_every_task_is_in_the_ledger_when_it_starts_even_when_too_big_or_beyond_the_slots(
+    tmp_path,
+):
+    """The ledger is the one record of held tasks: a task too big for a record, or one of more
+    tasks than slots, is known to the supervisor before it starts (and no more than ``threads``
+    run at once)."""
+    ledger_path = tmp_path / "0.ledger"
+    supervisor_view = Ledger.create(ledger_path, 2)
+    held_at_start: dict[int, set[str]] = {}
+    running = 0
+    most = 0
+
+    @worker_task("held", threads=2)
+    async def held(n: int) -> dict:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        records = supervisor_view.read()
+        held_at_start[n] = {
+            unpack_task(pickle.loads(r[2])).task_id for r in records if r is not None and r[2]
+        }
+        await asyncio.sleep(0.01)
+        running -= 1
+        return {"n": n}
+
+    source = Overgenerous()
+    big = {"h": "x" * RECORD_SIZE}
+    tasks = [source.add("held", {"n": n}, headers=big if n == 0 else {}) for n in range(5)]
+
+    async def main() -> None:
+        await Runner(held, source, ledger=Ledger(ledger_path, 2), max_tasks=5).run()
+
+    asyncio.run(main())
+    assert all(source.final(t.task_id).output_data == {"n": n} for n, t in enumerate(tasks))
+    assert most == 2, "the extra tasks waited for a slot"
+    assert all(tasks[n].task_id in held_at_start[n] for n in range(5)), held_at_start
+    assert all(r is not None and r[2] == b"" for r in supervisor_view.read()), "all cleared"
+    supervisor_view.close(remove=True)
