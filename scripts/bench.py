@@ -8,11 +8,14 @@ Every measurement runs both sides in the same invocation, alternating, and repor
     scripts/bench --quick                  # smaller N, 2 runs (~6 min)
     scripts/bench --only conductor latency --runs 5 --tasks 20000
 
-Measurements (``--only`` names): conductor, latency, nats, scaling, memory, overhead. The NATS
-measurement runs taskfleet with a ``def`` and with an ``async def`` no-op against the same raw
-runs (the raw loop handles its no-op inline on the event loop, as ``async def`` does).
-Worker pools run in their own process (``scripts/bench_workers.py``); client CPU is read from
-``/proc/<pid>/stat`` of the worker processes, RSS from ``/proc/<pid>/status``.
+Measurements (``--only`` names): conductor, latency, nats, scaling, memory, overhead. The
+Conductor measurement runs taskfleet with a ``def`` and with an ``async def`` no-op against the
+same runs of conductor-python and of the floor (``scripts/bench_floor.py``, a raw keep-alive
+``http.client`` loop), on a test server in its own process (``scripts/bench_server.py``), then
+measures idle pools. The NATS measurement runs taskfleet with a ``def`` and with an ``async def``
+no-op against the same raw runs (the raw loop handles its no-op inline on the event loop, as
+``async def`` does). Worker pools run in their own process (``scripts/bench_workers.py``); client
+CPU is read from ``/proc/<pid>/stat`` of the worker processes, RSS from ``/proc/<pid>/status``.
 """
 
 from __future__ import annotations
@@ -103,8 +106,8 @@ class Pool:
 
 
 @contextlib.contextmanager
-def pool(*args: str, module_call: str = "main") -> Iterator[Pool]:
-    code = f"import sys, bench_workers; sys.exit(bench_workers.{module_call}())"
+def pool(*args: str, module_call: str = "main", module: str = "bench_workers") -> Iterator[Pool]:
+    code = f"import sys, {module}; sys.exit({module}.{module_call}())"
     proc = subprocess.Popen(
         [sys.executable, "-c", code, *args],
         stdin=subprocess.PIPE,
@@ -217,76 +220,304 @@ def log(text: str) -> None:
 # -- 1. Conductor path throughput and CPU ----------------------------------------------------------
 
 
-def conductor_run(sdk: str, procs: int, threads: int, n: int) -> tuple[float, float, float]:
-    """(tasks/s, worker CPU s per 1000 tasks, all client processes' CPU s per 1000 tasks)."""
+class RemoteServer:
+    """``scripts/bench_server.py``: the Conductor test server in a process of its own."""
+
+    def __init__(self) -> None:
+        code = "import sys, bench_server; sys.exit(bench_server.main())"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=ENV,
+            text=True,
+        )
+        info = self._read()
+        self.url: str = info["url"]
+        self.pid: int = info["pid"]
+
+    def _read(self) -> dict:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the bench server process died")
+        answer = json.loads(line)
+        if "error" in answer:
+            raise RuntimeError(answer["error"])
+        return answer
+
+    def call(self, **cmd: object) -> dict:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def run(self, task_type: str, n: int) -> tuple[float, float]:
+        """Enqueue n no-op tasks and wait for all; (start, end) on the monotonic clock."""
+        answer = self.call(op="run", type=task_type, n=n)
+        return answer["start"], answer["end"]
+
+    def polls(self) -> int:
+        return int(self.call(op="count", prefix="/tasks/poll")["count"])
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self) -> RemoteServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+#: The Conductor programs compared: taskfleet with a def and an async def no-op, the peer (its
+#: workers are plain functions), and the floor.
+PROGRAMS = ("taskfleet def", "taskfleet async def", "peer", "floor")
+
+
+@contextlib.contextmanager
+def conductor_program(
+    program: str, url: str, task_type: str, procs: int, threads: int
+) -> Iterator[list[Pool]]:
+    shape = ("--processes", str(procs), "--threads", str(threads))
+    with contextlib.ExitStack() as stack:
+        if program == "floor":
+            pools = [
+                stack.enter_context(pool(url, task_type, str(threads), module="bench_floor"))
+                for _ in range(procs)
+            ]
+        else:
+            sdk, handler = {
+                "taskfleet def": ("taskfleet", "noop"),
+                "taskfleet async def": ("taskfleet", "anoop"),
+                "peer": ("peer", "noop"),
+            }[program]
+            pools = [
+                stack.enter_context(sdk_pool(sdk, url, task_type, "--handler", handler, *shape))
+            ]
+        yield pools
+
+
+@dataclass
+class ConductorRun:
+    rate: float  # tasks/s
+    worker_cpu: float  # CPU s per 1000 tasks, worker processes
+    all_cpu: float  # CPU s per 1000 tasks, every client process
+    server_cpu: float  # CPU s per 1000 tasks, the test server
+
+
+def conductor_run(program: str, procs: int, threads: int, n: int) -> ConductorRun:
     with (
-        ConductorTestServer() as server,
-        sdk_pool(
-            sdk, server.url, "noop", "--processes", str(procs), "--threads", str(threads)
-        ) as p,
+        RemoteServer() as server,
+        conductor_program(program, server.url, "noop", procs, threads) as pools,
     ):
-        wait_terminal(server, server.enqueue_many("noop", [{}] * 50), 60)
-        cpu0, all0 = p.worker_cpu(), p.all_cpu()
-        start = time.monotonic()
-        ids = server.enqueue_many("noop", [{}] * n)
-        end = wait_terminal(server, ids)
-        cpu1, all1 = p.worker_cpu(), p.all_cpu()
-    return n / (end - start), (cpu1 - cpu0) / n * 1000, (all1 - all0) / n * 1000
+        server.run("noop", 50)  # warm up: connections, imports, first polls
+        cpu0 = sum(p.worker_cpu() for p in pools)
+        all0 = sum(p.all_cpu() for p in pools)
+        srv0 = cpu_seconds(server.pid)
+        start, end = server.run("noop", n)
+        cpu1 = sum(p.worker_cpu() for p in pools)
+        all1 = sum(p.all_cpu() for p in pools)
+        srv1 = cpu_seconds(server.pid)
+    k = 1000 / n
+    return ConductorRun(n / (end - start), (cpu1 - cpu0) * k, (all1 - all0) * k, (srv1 - srv0) * k)
 
 
 def bench_conductor(args: argparse.Namespace) -> list[Row]:
     rows = []
     for procs, threads in ((1, 4), (2, 4)):
-        res: dict[str, list[tuple[float, float, float]]] = {"taskfleet": [], "peer": []}
+        res: dict[str, list[ConductorRun]] = {p: [] for p in PROGRAMS}
         for run in range(args.runs):
-            order = ["taskfleet", "peer"] if run % 2 == 0 else ["peer", "taskfleet"]
-            for sdk in order:
-                r = conductor_run(sdk, procs, threads, args.tasks)
-                res[sdk].append(r)
+            # Interleaved, and each run starts with a different program.
+            shift = run % len(PROGRAMS)
+            for program in PROGRAMS[shift:] + PROGRAMS[:shift]:
+                r = conductor_run(program, procs, threads, args.tasks)
+                res[program].append(r)
                 log(
-                    f"conductor {procs}x{threads} {sdk}: {r[0]:.0f} tasks/s, "
-                    f"{r[1]:.3f} / {r[2]:.3f} CPU s per 1000 (workers / all)"
+                    f"conductor {procs}x{threads} {program}: {r.rate:.0f} tasks/s, CPU s per 1000:"
+                    f" workers {r.worker_cpu:.3f}, all {r.all_cpu:.3f}, server {r.server_cpu:.3f}"
                 )
-        ours = [med([r[i] for r in res["taskfleet"]]) for i in range(3)]
-        theirs = [med([r[i] for r in res["peer"]]) for i in range(3)]
+        medians = {
+            p: ConductorRun(
+                med([r.rate for r in runs]),
+                med([r.worker_cpu for r in runs]),
+                med([r.all_cpu for r in runs]),
+                med([r.server_cpu for r in runs]),
+            )
+            for p, runs in res.items()
+        }
+        peer, floor = medians["peer"], medians["floor"]
         setting = f"{procs} proc x {threads} thr, N={args.tasks}"
         rows.append(
             Row(
                 "conductor",
-                setting,
+                f"{setting}, floor",
                 "tasks/s",
-                ours[0],
-                theirs[0],
-                ours[0] / theirs[0],
-                ">= 2x",
-                ours[0] / theirs[0] >= 2,
-            )
-        )
-        rows.append(
-            Row(
-                "conductor",
-                setting,
-                "worker CPU s/1000",
-                ours[1],
-                theirs[1],
-                ours[1] / theirs[1],
-                "<= 0.5x",
-                ours[1] / theirs[1] <= 0.5,
-            )
-        )
-        rows.append(
-            Row(
-                "conductor",
-                setting,
-                "all-proc CPU s/1000",
-                ours[2],
-                theirs[2],
-                ours[2] / theirs[2],
+                floor.rate,
+                peer.rate,
+                floor.rate / peer.rate,
                 "(info)",
                 None,
             )
         )
-    return rows
+        rows.append(
+            Row(
+                "conductor",
+                f"{setting}, floor",
+                "worker CPU s/1000",
+                floor.worker_cpu,
+                peer.worker_cpu,
+                floor.worker_cpu / peer.worker_cpu,
+                "(info)",
+                None,
+            )
+        )
+        for style in ("def", "async def"):
+            ours = medians[f"taskfleet {style}"]
+            label = f"{setting}, {style}"
+            rows += [
+                Row(
+                    "conductor",
+                    label,
+                    "tasks/s",
+                    ours.rate,
+                    peer.rate,
+                    ours.rate / peer.rate,
+                    ">= 2x",
+                    ours.rate / peer.rate >= 2,
+                ),
+                Row(
+                    "conductor",
+                    label,
+                    "worker CPU s/1000",
+                    ours.worker_cpu,
+                    peer.worker_cpu,
+                    ours.worker_cpu / peer.worker_cpu,
+                    "<= 0.5x",
+                    ours.worker_cpu / peer.worker_cpu <= 0.5,
+                ),
+                Row(
+                    "conductor",
+                    label,
+                    "worker CPU vs floor",
+                    ours.worker_cpu,
+                    floor.worker_cpu,
+                    ours.worker_cpu / floor.worker_cpu,
+                    "<= 2x",
+                    ours.worker_cpu / floor.worker_cpu <= 2,
+                ),
+                Row(
+                    "conductor",
+                    label,
+                    "all-proc CPU s/1000",
+                    ours.all_cpu,
+                    peer.all_cpu,
+                    ours.all_cpu / peer.all_cpu,
+                    "(info)",
+                    None,
+                ),
+            ]
+        rows.append(
+            Row(
+                "conductor",
+                f"{setting}, test server",
+                "server CPU s/1000",
+                medians["taskfleet def"].server_cpu,
+                peer.server_cpu,
+                medians["taskfleet def"].server_cpu / peer.server_cpu,
+                "(info)",
+                None,
+                note="taskfleet column: the def runs; the server runs in its own process",
+            )
+        )
+    return rows + bench_idle(args)
+
+
+def tree_rss(p: Pool) -> float:
+    return sum(rss_mib(pid) for pid in [p.supervisor, *descendants(p.supervisor)])
+
+
+def idle_run(program: str, seconds: float) -> tuple[float, float, float, float]:
+    """(CPU s per second of every client process, polls per second, RSS MiB of the supervisor
+    and one worker process, RSS MiB of the whole process tree) of an idle 1 x 4 pool."""
+    with (
+        RemoteServer() as server,
+        conductor_program(program, server.url, "noop", 1, 4) as pools,
+    ):
+        server.run("noop", 20)
+        time.sleep(1.0)  # back to idle polling
+        (p,) = pools
+        cpu0, polls0, t0 = p.all_cpu(), server.polls(), time.monotonic()
+        time.sleep(seconds)
+        cpu1, polls1, t1 = p.all_cpu(), server.polls(), time.monotonic()
+        pair = rss_mib(p.supervisor) + (
+            rss_mib(p.workers[0]) if p.workers[0] != p.supervisor else 0.0
+        )
+        return (cpu1 - cpu0) / (t1 - t0), (polls1 - polls0) / (t1 - t0), pair, tree_rss(p)
+
+
+def bench_idle(args: argparse.Namespace) -> list[Row]:
+    res: dict[str, list[tuple[float, float, float, float]]] = {"taskfleet def": [], "peer": []}
+    for _ in range(max(1, args.runs // 2)):
+        for program, found in res.items():
+            r = idle_run(program, args.idle_seconds)
+            found.append(r)
+            log(
+                f"idle {program}: CPU {r[0] * 1000:.1f} ms/s, {r[1]:.1f} polls/s,"
+                f" RSS supervisor+worker {r[2]:.1f} MiB, tree {r[3]:.1f} MiB"
+            )
+    ours = [med([r[i] for r in res["taskfleet def"]]) for i in range(4)]
+    theirs = [med([r[i] for r in res["peer"]]) for i in range(4)]
+    setting = f"idle 1 proc x 4 thr, {args.idle_seconds:g} s"
+    return [
+        Row(
+            "idle",
+            setting,
+            "CPU ms per s",
+            ours[0] * 1000,
+            theirs[0] * 1000,
+            ours[0] / theirs[0],
+            "<= 1x",
+            ours[0] <= theirs[0],
+        ),
+        Row(
+            "idle",
+            setting,
+            "polls per s",
+            ours[1],
+            theirs[1],
+            ours[1] / theirs[1],
+            "<= 1x",
+            ours[1] <= theirs[1],
+        ),
+        Row(
+            "idle",
+            "RSS supervisor + 1 worker",
+            "MiB",
+            ours[2],
+            theirs[2],
+            ours[2] / theirs[2],
+            "(report)",
+            None,
+        ),
+        Row(
+            "idle",
+            "RSS whole process tree",
+            "MiB",
+            ours[3],
+            theirs[3],
+            ours[3] / theirs[3],
+            "(report)",
+            None,
+        ),
+    ]
 
 
 # -- 2. pickup latency ----------------------------------------------------------------------------
@@ -327,7 +558,7 @@ def bench_latency(args: argparse.Namespace) -> list[Row]:
     ):
         for q, name in ((0.5, "p50"), (0.99, "p99")):
             a, b = pct(ours, q), pct(theirs, q)
-            met = a <= 5 if q == 0.5 else None
+            limit = 5 if q == 0.5 else 10
             rows.append(
                 Row(
                     "latency",
@@ -336,8 +567,8 @@ def bench_latency(args: argparse.Namespace) -> list[Row]:
                     a,
                     b,
                     a / b,
-                    "p50 <= 5 ms" if q == 0.5 else "(info)",
-                    met,
+                    f"{name} <= {limit} ms",
+                    a <= limit,
                 )
             )
     return rows
@@ -584,6 +815,9 @@ def main() -> int:
     parser.add_argument("--latency-tasks", type=int, help="tasks timed one at a time (300)")
     parser.add_argument("--cpu-tasks", type=int, help="CPU-bound tasks per scaling run (40)")
     parser.add_argument("--overhead-tasks", type=int, help="tasks per runner-overhead run (5000)")
+    parser.add_argument(
+        "--idle-seconds", type=float, default=5.0, help="idle pools: seconds measured (5)"
+    )
     parser.add_argument(
         "--processes",
         type=int,

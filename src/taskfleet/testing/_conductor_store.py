@@ -5,6 +5,11 @@ One ``threading.Condition`` (over an ``RLock``, so inspection predicates may cal
 store) guards every field; every state change notifies it, which is what wakes long polls and
 ``wait_for``. A reaper thread sleeps until the next response-timeout deadline instead of ticking.
 
+Polls, updates and the reaper cost the same however many tasks the store holds: pollable tasks
+wait in one heap per (type, domain), ordered by when they become pollable and then by age, and
+running attempts in one heap of deadlines. Entries are never removed from the middle of a heap;
+an entry whose task has moved on since (its ``gen`` changed) is dropped when it reaches the top.
+
 Differences from a real Conductor server, chosen to make tests easy to write and to read:
 
 - A retry keeps the task id (real Conductor schedules a new task instance with a new id). The
@@ -15,6 +20,7 @@ Differences from a real Conductor server, chosen to make tests easy to write and
 
 from __future__ import annotations
 
+import heapq
 import threading
 import time
 import uuid
@@ -147,6 +153,7 @@ class _Task:
     start_time: int = 0
     update_time: int = 0
     available_at: float = 0.0  # monotonic: SCHEDULED tasks are pollable from then on
+    gen: int = 0  # bumped on every change of queue or deadline: older heap entries are stale
     started_at: float = 0.0  # monotonic start of the current attempt
     deadline: float = 0.0  # monotonic response-timeout deadline while IN_PROGRESS
     history: deque[Outcome] = field(default_factory=lambda: deque(maxlen=MAX_HISTORY_PER_TASK))
@@ -164,6 +171,10 @@ class TaskStore:
         self.cond = threading.Condition(threading.RLock())
         self._defs: dict[str, TaskDef] = {}
         self._tasks: dict[str, _Task] = {}
+        #: (type, domain) -> heap of (available_at, seq, gen, task) of SCHEDULED tasks
+        self._queues: dict[tuple[str, str | None], list[tuple[float, int, int, _Task]]] = {}
+        #: heap of (expiry, seq, gen, task) of IN_PROGRESS attempts
+        self._deadlines: list[tuple[float, int, int, _Task]] = []
         self._seq = 0
         self._closed = False
         self._reaper: threading.Thread | None = None
@@ -194,10 +205,8 @@ class TaskStore:
             while not self._closed:
                 now = time.monotonic()
                 self.reap(now)
-                deadlines = [
-                    self._expiry(t) for t in self._tasks.values() if t.status == IN_PROGRESS
-                ]
-                wait = min([*deadlines, now + REAPER_MAX_SLEEP]) - now
+                first = self._deadlines[0][0] if self._deadlines else now + REAPER_MAX_SLEEP
+                wait = min(first, now + REAPER_MAX_SLEEP) - now
                 self.cond.wait(timeout=max(wait, 0.001))
 
     # -- definitions and producing ----------------------------------------------------------
@@ -205,6 +214,10 @@ class TaskStore:
     def register(self, task_def: TaskDef) -> None:
         with self.cond:
             self._defs[task_def.name] = task_def
+            # A new total time limit may bring running attempts' expiry forward.
+            for task in self._tasks.values():
+                if task.status == IN_PROGRESS and task.task_type == task_def.name:
+                    self._track_deadline(task)
 
     def task_def(self, name: str) -> TaskDef:
         with self.cond:
@@ -231,6 +244,7 @@ class TaskStore:
                 seq=self._seq,
             )
             self._tasks[task.task_id] = task
+            self._queue(task)
             self.cond.notify_all()
             return task.task_id
 
@@ -256,9 +270,9 @@ class TaskStore:
             while True:
                 now = time.monotonic()
                 self.reap(now)
-                ready, next_at = self._ready(task_type, domain, now)
+                ready, next_at = self._ready(task_type, domain, now, count)
                 if ready or now >= end or self._closed or abort():
-                    return [self._start(t, worker_id, now) for t in ready[:count]]
+                    return [self._start(t, worker_id, now) for t in ready]
                 # Not notified: parked polls would wake each other in turn. wait_for re-checks
                 # on its own, which is how a test sees a worker parked here.
                 self.waiting_polls += 1
@@ -267,21 +281,29 @@ class TaskStore:
                 finally:
                     self.waiting_polls -= 1
 
-    def _ready(self, task_type: str, domain: str | None, now: float) -> tuple[list[_Task], float]:
-        """Pollable tasks in queue order, and when the next delayed one becomes pollable."""
+    def _queue(self, task: _Task) -> None:
+        """Make a SCHEDULED task pollable (from ``task.available_at``)."""
+        task.gen += 1
+        heap = self._queues.setdefault((task.task_type, task.domain), [])
+        heapq.heappush(heap, (task.available_at, task.seq, task.gen, task))
+
+    def _ready(
+        self, task_type: str, domain: str | None, now: float, count: int
+    ) -> tuple[list[_Task], float]:
+        """Up to ``count`` pollable tasks in queue order, taken off their queue (the caller
+        starts them), and when the next delayed one becomes pollable."""
+        heap = self._queues.get((task_type, domain or None))
         ready: list[_Task] = []
-        next_at = float("inf")
-        for task in self._tasks.values():
-            if task.status != SCHEDULED or task.task_type != task_type:
+        while heap and len(ready) < count:
+            available_at, _, gen, task = heap[0]
+            if gen != task.gen or task.status != SCHEDULED:
+                heapq.heappop(heap)  # stale: the task moved on since this entry was made
                 continue
-            if task.domain != (domain or None):
-                continue
-            if task.available_at <= now:
-                ready.append(task)
-            else:
-                next_at = min(next_at, task.available_at)
-        ready.sort(key=lambda t: (t.available_at, t.seq))
-        return ready, next_at
+            if available_at > now:
+                return ready, available_at
+            heapq.heappop(heap)
+            ready.append(task)
+        return ready, float("inf")
 
     def _start(self, task: _Task, worker_id: str, now: float) -> dict[str, Any]:
         task_def = self.task_def(task.task_type)
@@ -293,8 +315,14 @@ class TaskStore:
             task.start_time = _epoch_ms()
         task.update_time = _epoch_ms()
         task.deadline = now + task_def.response_timeout_seconds
+        self._track_deadline(task)
         self.cond.notify_all()
         return self._wire(task)
+
+    def _track_deadline(self, task: _Task) -> None:
+        """Let the reaper find this IN_PROGRESS attempt when it expires."""
+        task.gen += 1
+        heapq.heappush(self._deadlines, (self._expiry(task), task.seq, task.gen, task))
 
     def update(self, result: Mapping[str, Any]) -> None:
         """Apply a TaskResult (already validated). Raises UnknownTask."""
@@ -315,6 +343,7 @@ class TaskStore:
                 # Only the clock moves; status and output of a lease extension are not applied.
                 if task.status == IN_PROGRESS:
                     task.deadline = now + self.task_def(task.task_type).response_timeout_seconds
+                    self._track_deadline(task)
                     task.update_time = _epoch_ms()
                     self.cond.notify_all()
                 return
@@ -350,7 +379,7 @@ class TaskStore:
             if done is None:
                 return None
             now = time.monotonic()
-            ready, _ = self._ready(done.task_type, done.domain, now)
+            ready, _ = self._ready(done.task_type, done.domain, now, 1)
             return self._start(ready[0], worker_id, now) if ready else None
 
     # -- lifecycle rules ------------------------------------------------------------------------
@@ -358,17 +387,16 @@ class TaskStore:
     def reap(self, now: float) -> None:
         """Time out IN_PROGRESS attempts past their response timeout (or total timeout)."""
         with self.cond:
-            for task in self._tasks.values():
-                if task.status != IN_PROGRESS:
-                    continue
-                if now >= self._expiry(task):
-                    why = "response timeout" if now >= task.deadline else "task timed out"
-                    task.history.append(
-                        Outcome(task.retry_count + 1, TIMED_OUT, task.worker_id, why)
-                    )
-                    task.reason = why
-                    self._fail(task, TIMED_OUT, now)
-                    self.cond.notify_all()
+            heap = self._deadlines
+            while heap and heap[0][0] <= now:
+                _, _, gen, task = heapq.heappop(heap)
+                if gen != task.gen or task.status != IN_PROGRESS:
+                    continue  # stale: finished, or its deadline moved (a newer entry exists)
+                why = "response timeout" if now >= task.deadline else "task timed out"
+                task.history.append(Outcome(task.retry_count + 1, TIMED_OUT, task.worker_id, why))
+                task.reason = why
+                self._fail(task, TIMED_OUT, now)
+                self.cond.notify_all()
 
     def _expiry(self, task: _Task) -> float:
         """When an IN_PROGRESS attempt times out: its lease, or its total time limit if sooner."""
@@ -391,6 +419,7 @@ class TaskStore:
             task.poll_count = 0
             task.started_at = 0.0
             task.callback_after = 0.0
+        self._queue(task)
 
     def _wire(self, task: _Task) -> dict[str, Any]:
         task_def = self.task_def(task.task_type)
