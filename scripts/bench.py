@@ -816,7 +816,7 @@ def main() -> int:
     parser.add_argument("--cpu-tasks", type=int, help="CPU-bound tasks per scaling run (40)")
     parser.add_argument("--overhead-tasks", type=int, help="tasks per runner-overhead run (5000)")
     parser.add_argument(
-        "--idle-seconds", type=float, default=5.0, help="idle pools: seconds measured (5)"
+        "--idle-seconds", type=float, default=10.0, help="idle pools: seconds measured (10)"
     )
     parser.add_argument(
         "--processes",

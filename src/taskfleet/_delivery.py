@@ -86,35 +86,65 @@ class Delivery:
         self._last_ok = -SERVER_UP_WINDOW
         self._flush_backoff = Backoff(1.0, FLUSH_BACKOFF_CAP, jitter=0.5)
 
-    async def _report_once(self, task: Task, result: TaskResult, chain: bool) -> Task | None:
+    def _failed_once(self, task: Task, exc: SourceError, started: float) -> None:
         m = metrics.get()
+        m.task_update_error.labels(task.task_type, type(exc).__name__).inc()
+        m.task_update_time_seconds.labels(task.task_type, "error").observe(
+            time.monotonic() - started
+        )
+        log.warning("result of task %s (%s) not delivered: %s", task.task_id, task.task_type, exc)
+
+    def _delivered_once(self, task: Task, result: TaskResult, started: float) -> None:
+        self._last_ok = time.monotonic()
+        metrics.get().task_update_time_seconds.labels(task.task_type, result.status.value).observe(
+            self._last_ok - started
+        )
+
+    def _prepare(self, task: Task, result: TaskResult) -> TaskResult:
+        """The result as it is delivered: output that cannot be encoded makes it a terminal
+        failure naming the value (:meth:`TaskResult.without_output`)."""
+        try:
+            size = len(result.output_json())
+        except OutputError as exc:
+            # The one place output that cannot be encoded is dealt with: the task fails for
+            # good, naming the value, instead of leaving it to the server's timeout. Sources
+            # and the spool only ever see output that encodes.
+            return result.without_output(str(exc))
+        metrics.get().task_result_size_bytes.labels(task.task_type).observe(size)
+        return result
+
+    async def _report_once(self, task: Task, result: TaskResult, chain: bool) -> Task | None:
         started = time.monotonic()
         try:
             next_task = await self.source.report(task, result, chain=chain)
         except SourceError as exc:
-            m.task_update_error.labels(task.task_type, type(exc).__name__).inc()
-            m.task_update_time_seconds.labels(task.task_type, "error").observe(
-                time.monotonic() - started
-            )
-            log.warning(
-                "result of task %s (%s) not delivered: %s", task.task_id, task.task_type, exc
-            )
+            self._failed_once(task, exc, started)
             raise
-        self._last_ok = time.monotonic()
-        m.task_update_time_seconds.labels(task.task_type, result.status.value).observe(
-            self._last_ok - started
-        )
+        self._delivered_once(task, result, started)
         return next_task
 
-    async def _report_with_retries(
-        self, task: Task, result: TaskResult, chain: bool
+    def report_blocking(
+        self, task: Task, result: TaskResult, *, chain: bool = False
     ) -> Task | None:
-        # The common case costs one call: the retry machinery starts only after a failure.
+        """The first attempt of :meth:`deliver`, in the calling thread, for a source with
+        blocking calls (``source.blocking``). On a SourceError, pass it to :meth:`deliver` as
+        ``first_error``: it goes on with the retries and the spool from there."""
+        result = self._prepare(task, result)
+        started = time.monotonic()
         try:
-            return await self._report_once(task, result, chain)
+            next_task = self.source.report_blocking(task, result, chain=chain)
         except SourceError as exc:
-            if not exc.retryable or self._attempts <= 1:
-                raise
+            self._failed_once(task, exc, started)
+            raise
+        self._delivered_once(task, result, started)
+        return next_task
+
+    async def _retry(
+        self, task: Task, result: TaskResult, chain: bool, failed: SourceError
+    ) -> Task | None:
+        """The attempts after a first one that failed with ``failed``."""
+        if not failed.retryable or self._attempts <= 1:
+            raise failed
         started = time.monotonic()
         wait = Backoff(RETRY_BASE, self._wait_max, jitter=1.0)
         retrying = AsyncRetrying(
@@ -132,7 +162,14 @@ class Delivery:
             f"gave up after {time.monotonic() - started:.1f}s"
         )
 
-    async def deliver(self, task: Task, result: TaskResult, *, chain: bool = False) -> Task | None:
+    async def deliver(
+        self,
+        task: Task,
+        result: TaskResult,
+        *,
+        chain: bool = False,
+        first_error: SourceError | None = None,
+    ) -> Task | None:
         """Deliver ``result``; when the server stays unreachable, spool it durably.
 
         Returns the chained next task when ``chain`` was asked and the server gave one. Never
@@ -141,19 +178,24 @@ class Delivery:
         server refused the result itself, e.g. too large), or (when the server rejects it
         permanently, e.g. an unknown task id) logged as rejected. A result
         whose output cannot be encoded is delivered as a terminal failure naming the value
-        (:meth:`TaskResult.without_output`).
+        (:meth:`TaskResult.without_output`). ``first_error``: the first attempt was made already
+        (:meth:`report_blocking`) and failed with it; the retries go on from there.
         """
-        try:
-            size = len(result.output_json())
-        except OutputError as exc:
-            # The one place output that cannot be encoded is dealt with: the task fails for
-            # good, naming the value, instead of leaving it to the server's timeout. Sources
-            # and the spool only ever see output that encodes.
-            result = result.without_output(str(exc))
+        if first_error is None:
+            result = self._prepare(task, result)
         else:
-            metrics.get().task_result_size_bytes.labels(task.task_type).observe(size)
+            try:
+                result.output_json()
+            except OutputError as exc:  # counted when the first attempt prepared it
+                result = result.without_output(str(exc))
         try:
-            return await self._report_with_retries(task, result, chain)
+            if first_error is None:
+                # The common case costs one call: the retry machinery starts after a failure.
+                try:
+                    return await self._report_once(task, result, chain)
+                except SourceError as exc:
+                    first_error = exc
+            return await self._retry(task, result, chain, first_error)
         except SourceError as exc:
             if exc.rejects_result and result.exception != _REFUSED:
                 return await self.deliver(task, _refused(result, exc), chain=chain)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
+import itertools
 import logging
 import math
 import os
@@ -77,6 +78,35 @@ class _Stats:
     last_error: str = ""
 
 
+class _Handback:
+    """What a slot thread leaves to the loop (``Runner._run_chain``): the task it ran, and
+    the part of its report the thread could not finish."""
+
+    __slots__ = ("chain", "error", "next_task", "recycle", "result", "settled", "task")
+
+    def __init__(
+        self,
+        task: Task,
+        result: TaskResult,
+        chain: bool,
+        recycle: str,
+        *,
+        error: BaseException | None = None,
+        next_task: Task | None = None,
+        settled: bool = False,
+    ) -> None:
+        self.task = task
+        self.result = result
+        self.chain = chain
+        self.recycle = recycle
+        #: the failed first report attempt (None: the result was delivered)
+        self.error = error
+        #: a chained task, not yet announced
+        self.next_task = next_task
+        #: the task's ledger record was cleared already
+        self.settled = settled
+
+
 class Runner:
     """Runs one worker type in this process until stopped.
 
@@ -116,6 +146,9 @@ class Runner:
         self.max_tasks = max_tasks or self.options.max_tasks_per_child
         self.stop_reason = ""
         self._stats = _Stats()
+        self._completed = itertools.count(1)  # next() is atomic: slot threads count too
+        #: def handler, a source with blocking calls, no hooks: slot threads run whole chains
+        self._inline = False
         self._running: dict[str, asyncio.Task[None]] = {}
         self._stopping = False
         #: what the poll loop awaits while it sleeps (None: it is not sleeping)
@@ -174,6 +207,7 @@ class Runner:
         m.taskfleet_worker_slots.labels(self.task_type).set(self.slots)
         if not self.worker.is_async:
             self._threads = LoopThreads(self.slots, f"tf-{self.task_type}")
+            self._inline = bool(getattr(self.source, "blocking", False)) and not self.hooks
         await self.source.start()
         self._delivery = Delivery(self.source, self.spool)
         self.control.hello()
@@ -410,11 +444,22 @@ class Runner:
         first_id = task.task_id if task else ""
         try:
             while task is not None:
+                if self._inline:
+                    # One hand-off for the whole chain: the slot's thread executes, reports and
+                    # takes the chained task itself, and comes back when the chain ends or
+                    # something needs the loop.
+                    assert self._threads is not None
+                    call = contextvars.copy_context().run
+                    back = await self._threads.run(call, self._run_chain, task, record)
+                    if back is None:
+                        return
+                    task = await self._finish(back, record)
+                    continue
                 result = await self._execute(task)
-                self._stats.completed += 1
+                completed = self._stats.completed = next(self._completed)
                 # Checked once per task (it may read /proc); a process about to be recycled
                 # does not take a chained task it would have to run first.
-                recycle = self._recycle_reason()
+                recycle = self._recycle_reason(completed)
                 chain = not self._stopping and not self.options.paused and not recycle
                 self._hook("before_report", task, result)
                 error: BaseException | None = None
@@ -441,9 +486,67 @@ class Runner:
                 self._launch([self._backlog.popleft()])
             self._wake_up()
 
+    def _run_chain(self, task: Task, record: int) -> _Handback | None:
+        """In a slot's thread: execute, report (first attempt) and go on with the chained task,
+        until there is none (None: the slot is free) or something needs the loop: a failed
+        report (retries, spool), a task announced over the pipe, a recycle."""
+        assert self._delivery is not None
+        delivery = self._delivery
+        ledger = self._ledger
+        output_subject = self.options.output_subject
+        received = metrics.get().taskfleet_tasks_received.labels(self.task_type)
+        while True:
+            result = self._execute_blocking(task)
+            completed = self._stats.completed = next(self._completed)
+            recycle = self._recycle_reason(completed)
+            chain = not self._stopping and not self.options.paused and not recycle
+            try:
+                next_task = delivery.report_blocking(task, result, chain=chain)
+            except Exception as exc:  # SourceError: the loop retries or spools
+                return _Handback(task, result, chain, recycle, error=exc)
+            if recycle or task.task_id in self._piped:
+                return _Handback(task, result, chain, recycle, next_task=next_task)
+            if ledger is not None and record >= 0:
+                ledger.clear(record)
+            if next_task is None:
+                return None
+            if output_subject and not next_task.output_subject:
+                next_task = replace(next_task, output_subject=output_subject)
+            if ledger is None or record < 0:
+                if self.control.connected:  # announced over the pipe, on the loop's thread
+                    return _Handback(
+                        task, result, chain, recycle, next_task=next_task, settled=True
+                    )
+            elif not ledger.put(record, pack_task(next_task), time.monotonic()):
+                return _Handback(task, result, chain, recycle, next_task=next_task, settled=True)
+            received.inc()
+            task = next_task
+
+    async def _finish(self, back: _Handback, record: int) -> Task | None:
+        """On the loop: what a slot thread left of a task (see ``_run_chain``); returns the next
+        task to run in the slot, announced."""
+        assert self._delivery is not None
+        task, next_task = back.task, back.next_task
+        if back.error is not None:
+            if isinstance(back.error, SourceError):
+                next_task = await self._delivery.deliver(
+                    task, back.result, chain=back.chain, first_error=back.error
+                )
+            else:  # a bug in a source must not leave the slot hanging
+                log.error(
+                    "%s: reporting task %s failed",
+                    self.task_type,
+                    task.task_id,
+                    exc_info=back.error,
+                )
+        if not back.settled:
+            self._settled(task.task_id, record)
+        if back.recycle:
+            self._stop_now(back.recycle)
+        return self._announce([next_task], [record])[0] if next_task is not None else None
+
     async def _execute(self, task: Task) -> TaskResult:
         self._hook("before_execute", task)
-        m = metrics.get()
         ctx = TaskContext(task, self.worker_id)
         started = time.monotonic()
         try:
@@ -464,21 +567,37 @@ class Runner:
             raise
         except BaseException as exc:
             result = result_from_exception(task, exc, self.worker_id)
-        result.logs[:0] = ctx.logs
+        self._executed(task, result, ctx, started)
+        self._hook("after_execute", task, result)
+        return result
+
+    def _execute_blocking(self, task: Task) -> TaskResult:
+        """A ``def`` handler in the calling slot thread (no hooks: see ``_inline``)."""
+        ctx = TaskContext(task, self.worker_id)
+        started = time.monotonic()
+        result = self._call_sync(task, ctx)
+        self._executed(task, result, ctx, started)
+        return result
+
+    def _executed(self, task: Task, result: TaskResult, ctx: TaskContext, started: float) -> None:
+        if ctx.logs:
+            result.logs[:0] = ctx.logs
         if result.reason_for_incompletion or result.logs:
             redact_result(result)  # both leave the process: to the server, into results
         duration = time.monotonic() - started
-        m.task_execute_time_seconds.labels(self.task_type, result.status.value).observe(duration)
+        metrics.get().task_execute_time_seconds.labels(self.task_type, result.status.value).observe(
+            duration
+        )
         if result.status.is_failure:
-            m.task_execute_error.labels(self.task_type, result.exception or "TaskFailed").inc()
+            metrics.get().task_execute_error.labels(
+                self.task_type, result.exception or "TaskFailed"
+            ).inc()
             log.info(
                 "%s: task %s failed: %s",
                 self.task_type,
                 task.task_id,
                 result.reason_for_incompletion,
             )
-        self._hook("after_execute", task, result)
-        return result
 
     def _call_sync(self, task: Task, ctx: TaskContext) -> TaskResult:
         with task_context(ctx):
@@ -506,9 +625,9 @@ class Runner:
 
     # -- recycling ----------------------------------------------------------------------------
 
-    def _recycle_reason(self) -> str:
-        if self.max_tasks and self._stats.completed >= self.max_tasks:
-            return f"recycled after {self._stats.completed} tasks"
+    def _recycle_reason(self, completed: int) -> str:
+        if self.max_tasks and completed >= self.max_tasks:
+            return f"recycled after {completed} tasks"
         limit = self.options.max_memory_per_child
         if limit:
             rss = _rss_mib()

@@ -410,3 +410,139 @@ def test_a_closed_source_refuses_calls_and_closes_twice(server):
     with pytest.raises(SourceError) as info:
         run(source.poll(request()))
     assert not info.value.retryable
+
+
+# -- the HTTP transport -------------------------------------------------------------------------
+
+
+def test_blocking_calls_work_from_any_thread_on_one_connection_each(server, source):
+    import threading
+
+    ids = server.enqueue_many("t", [{}] * 6)
+    results: list[str] = []
+
+    def slot() -> None:
+        for task in source.poll_blocking(request(count=3)):
+            assert source.report_blocking(task, task.result(TaskStatus.COMPLETED)) is None
+            results.append(task.task_id)
+
+    threads = [threading.Thread(target=slot) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert sorted(results) == sorted(ids)
+    assert server.wait_all_terminal(ids, timeout=5)
+    assert server.connections_accepted == 2
+
+
+def test_a_keep_alive_connection_the_server_cut_is_replaced_before_the_next_call(server, source):
+    (first, second) = server.enqueue_many("t", [{}, {}])
+    assert [t.task_id for t in source.poll_blocking(request())] == [first]
+    server.go_down("refuse")  # cuts the open connection
+    server.go_up()
+    assert [t.task_id for t in source.poll_blocking(request())] == [second]
+    assert server.connections_accepted == 1  # since the rebind: the new connection
+
+
+class _Redirecting:
+    """A server that answers every request with a redirect to ``target`` and records nothing;
+    ``target`` records the headers it receives."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        seen: list[dict[str, str]] = []
+        self.seen = seen
+
+        class Target(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                seen.append(dict(self.headers))
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"[]")
+
+            do_POST = do_GET
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.target = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Target)
+        location = f"http://127.0.0.1:{self.target.server_address[1]}/api/tasks/poll/batch/t"
+
+        class Redirect(Target):
+            def do_GET(self) -> None:
+                self.send_response(302)
+                self.send_header("Location", location)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_POST = do_GET
+
+        self.redirect = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+        self.url = f"http://127.0.0.1:{self.redirect.server_address[1]}/api"
+        for srv in (self.target, self.redirect):
+            threading.Thread(target=srv.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        for srv in (self.target, self.redirect):
+            srv.shutdown()
+            srv.server_close()
+
+
+def test_a_redirect_is_an_error_and_never_followed_with_credentials():
+    servers = _Redirecting()
+    try:
+        source = make_source(servers.url.replace("http://", "http://user:secret@"))
+        with pytest.raises(SourceError) as info:
+            source.poll_blocking(request())
+        run(source.close())
+    finally:
+        servers.close()
+    assert info.value.status == 302 and not info.value.retryable
+    assert "redirect refused" in str(info.value) and "secret" not in str(info.value)
+    assert servers.seen == []  # nothing, and no credentials, went to the redirect's target
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "scheme"),
+    [("HTTPS_PROXY", "https://proxy:3128", "https"), ("HTTP_PROXY", "socks5://proxy:1080", "http")],
+)
+def test_a_proxy_that_cannot_be_used_fails_at_start_naming_the_variable(
+    monkeypatch, variable, value, scheme
+):
+    from taskfleet._errors import ConfigurationError
+
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigurationError) as info:
+        make_source(f"{scheme}://conductor.example:8080/api")
+    assert str(info.value).startswith(variable) and "\n" not in str(info.value)
+
+
+def test_no_proxy_hosts_are_reached_directly(monkeypatch, server, source):
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    direct = make_source(server.url)
+    try:
+        assert direct.poll_blocking(request()) == []
+    finally:
+        run(direct.close())
+
+
+def test_an_http_proxy_is_sent_absolute_urls(monkeypatch, server):
+    # The test server stands in for the proxy: it serves the path of an absolute URL. The
+    # Conductor host does not resolve, so an answer proves the request went through the proxy.
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://proxyuser:proxypass@127.0.0.1:{server.port}")
+    task_id = server.enqueue("t", {})
+    proxied = make_source("http://conductor.invalid:8080/api")
+    try:
+        assert [t.task_id for t in proxied.poll_blocking(request())] == [task_id]
+    finally:
+        run(proxied.close())
+    assert server.requests[-1].path == "/tasks/poll/batch/t"

@@ -2,8 +2,11 @@
 
 A source is created inside the process that uses it (a worker child, or the supervisor) from a
 picklable :class:`~taskfleet._config.Configuration`, never inherited across a fork. All methods are
-coroutines on that process's event loop; blocking clients (``requests``) run their calls in a
-thread of their own and stay behind this interface, so the runner has one loop for every source.
+coroutines on that process's event loop, so the runner has one loop for every source. A source
+whose client blocks (Conductor's HTTP) runs those coroutines' calls in threads of its own, and may
+also offer the calls as plain methods (``blocking = True``: :meth:`TaskSource.poll_blocking`,
+:meth:`TaskSource.report_blocking`), which a thread that runs ``def`` handlers calls directly
+instead of handing each call to another thread and back.
 
 Errors: transport exceptions never cross this boundary. A failed call raises
 :class:`~taskfleet._errors.SourceError` (``retryable`` says whether trying again can help).
@@ -56,6 +59,8 @@ class TaskSource(abc.ABC):
 
     #: Short name used in logs and metrics labels ("conductor", "nats", "memory").
     name: str = "source"
+    #: True when :meth:`poll_blocking` and :meth:`report_blocking` work, from any thread.
+    blocking: bool = False
 
     async def start(self) -> None:  # noqa: B027 - optional hook, empty by default
         """Open connections. Raises SourceError (or ConfigurationError) when that is impossible."""
@@ -85,6 +90,16 @@ class TaskSource(abc.ABC):
         Returns:
             The next task when ``chain`` was granted and the server had one, else None.
         """
+
+    def poll_blocking(self, request: PollRequest) -> list[Task]:
+        """:meth:`poll` in the calling thread (only when ``blocking``)."""
+        raise NotImplementedError
+
+    def report_blocking(
+        self, task: Task, result: TaskResult, *, chain: bool = False
+    ) -> Task | None:
+        """:meth:`report` in the calling thread (only when ``blocking``)."""
+        raise NotImplementedError
 
     async def extend(self, tasks: Sequence[Task]) -> None:  # noqa: B027
         """Tell the server these tasks are still being worked on (lease / in-progress ack)."""

@@ -1,14 +1,17 @@
-"""The Conductor task source: the handful of task-API calls a worker makes, over ``requests``.
+"""The Conductor task source: the handful of task-API calls a worker makes, over keep-alive HTTP.
 
 The wire contract is ``docs/conductor-protocol.md``. Each call is one attempt: retries and backoff
 belong to the runner. The only repeats made here are the protocol's own: one token refresh on
 ``EXPIRED_TOKEN`` / ``INVALID_TOKEN``, and the one-time fallback from ``update-v2`` to
 ``POST /tasks`` on servers that lack it (remembered per server URL for the process).
 
-``requests`` blocks, so calls run in a small thread pool owned by the source, each thread with its
-own pooled ``requests.Session`` (sessions are not documented as thread-safe). Every failure
-leaves this module as :class:`~taskfleet._errors.SourceError`; messages carry the redacted URL and
-the exception class, never credentials or tokens.
+HTTP is ``http.client`` on persistent connections, one per thread (``_http.py``: TLS, proxies,
+timeouts, resolved once). Calls block, so the source offers them twice: as coroutines, which run
+the call in a small thread pool owned by the source, and as plain methods
+(:meth:`ConductorSource.poll_blocking`, :meth:`ConductorSource.report_blocking`) for a thread
+that runs tasks itself and would otherwise hand every call to another thread and back
+(``_runner.py``). Every failure leaves this module as :class:`~taskfleet._errors.SourceError`;
+messages carry the redacted URL and the exception class, never credentials or tokens.
 """
 
 from __future__ import annotations
@@ -21,14 +24,12 @@ import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-import requests
-from requests.adapters import HTTPAdapter
-
 from .. import _json
 from .._config import Configuration, is_loopback, redact_url
 from .._errors import SourceError
 from .._task import Task, TaskResult, TaskStatus
 from .._threads import LoopThreads
+from ._http import Answer, Connection, Endpoint, TransportError
 from .base import PollRequest, TaskSource
 
 __all__ = ["ConductorSource", "task_from_wire"]
@@ -72,7 +73,8 @@ def task_from_wire(data: Mapping[str, Any], task_type: str = "") -> Task:
         workflow_type=str(data.get("workflowType") or ""),
         reference_task_name=str(data.get("referenceTaskName") or ""),
         created_time=int(data.get("scheduledTime") or 0),
-        raw=dict(data),
+        # A dict fresh from the JSON decoder is the source's own: no copy needed.
+        raw=data if type(data) is dict else dict(data),
     )
 
 
@@ -82,15 +84,17 @@ class ConductorSource(TaskSource):
     Args:
         config: ``conductor_server_url`` (with ``/api``), optional ``conductor_auth_key`` /
             ``conductor_auth_secret``, and the ``http_connect_timeout`` / ``http_read_timeout``.
-        max_workers: threads (and so concurrent HTTP calls) of this source; a long poll holds
-            one for up to five seconds, so keep at least two.
+        max_workers: threads (and so concurrent HTTP calls) of this source's coroutines; a long
+            poll holds one for up to five seconds, so keep at least two.
 
     Raises from every call: :class:`~taskfleet._errors.SourceError`; ``retryable`` is True for
-    connection failures, timeouts, 429 and 5xx, False for other answers (4xx, a server that
-    needs credentials that were not configured, a closed source).
+    connection failures, timeouts, 429 and 5xx, False for other answers (4xx and redirects, a
+    server that needs credentials that were not configured, a closed source).
     """
 
     name = "conductor"
+    #: poll_blocking / report_blocking may be called from any thread
+    blocking = True
 
     def __init__(self, config: Configuration, *, max_workers: int = 4) -> None:
         if not config.conductor_server_url:
@@ -99,15 +103,19 @@ class ConductorSource(TaskSource):
         self._shown_base = redact_url(self._base)
         self._spool_key = "conductor " + redact_url(config.conductor_server_url)
         warn_plain_http(self._base, bool(config.conductor_auth_key))
+        self._endpoint = Endpoint(
+            self._base,
+            connect_timeout=config.http_connect_timeout,
+            read_timeout=config.http_read_timeout,
+        )
+        self._prefix = self._endpoint.target_prefix
+        self._json_headers = {**self._endpoint.headers, "Content-Type": "application/json"}
         self._key = config.conductor_auth_key
         self._secret = config.conductor_auth_secret
-        self._connect_timeout = config.http_connect_timeout
-        self._read_timeout = config.http_read_timeout
         self._max_workers = max(1, max_workers)
         self._threads: LoopThreads | None = None
         self._closed = False
         self._local = threading.local()
-        self._sessions: list[requests.Session] = []
         self._lock = threading.Lock()
         # Held while fetching a token, so concurrent calls wait for one fetch instead of each
         # making their own.
@@ -115,6 +123,8 @@ class ConductorSource(TaskSource):
         self._token: str | None = None
         # None: not asked yet; False: the server answered 404 on /token (no auth there).
         self._auth_enabled: bool | None = None if self._key else False
+        #: poll request line per PollRequest (the same few repeat for the process's life)
+        self._poll_targets: dict[PollRequest, str] = {}
 
     # -- lifetime --------------------------------------------------------------------------
 
@@ -127,16 +137,14 @@ class ConductorSource(TaskSource):
         return self._spool_key
 
     async def close(self) -> None:
-        """Stop the thread pool and close every session. Safe to call twice."""
+        """Stop the thread pool and close every connection. Safe to call twice."""
         with self._lock:
             self._closed = True
             threads, self._threads = self._threads, None
-            sessions, self._sessions = self._sessions, []
         if threads is not None:
             # A long poll may still be waiting: do not block the event loop on it.
             threads.shutdown()
-        for session in sessions:
-            session.close()
+        self._endpoint.close()
 
     def _ensure_threads(self) -> LoopThreads:
         with self._lock:
@@ -164,28 +172,38 @@ class ConductorSource(TaskSource):
         """
         if request.count <= 0:
             return []
+        return await self._run(functools.partial(self.poll_blocking, request))
+
+    def poll_blocking(self, request: PollRequest) -> list[Task]:
+        """:meth:`poll`, in the calling thread."""
+        if request.count <= 0:
+            return []
         timeout_ms = min(MAX_POLL_TIMEOUT_MS, max(0, round(request.timeout * 1000)))
-        params = {"workerid": request.worker_id, "count": request.count, "timeout": timeout_ms}
-        if request.domain:
-            params["domain"] = request.domain
-        path = f"/tasks/poll/batch/{_segment(request.task_type)}"
-
-        def call() -> list[Task]:
-            resp = self._request("GET", path, params=params, wait=timeout_ms / 1000)
-            if resp.status_code == 204 or not resp.content:
-                return []
-            data = self._json(resp, path)
-            if not isinstance(data, list):
-                raise SourceError(f"GET {self._shown(path)}: expected a JSON array", status=200)
-            tasks = []
-            for item in data:
-                try:
-                    tasks.append(task_from_wire(item, request.task_type))
-                except (ValueError, TypeError, AttributeError) as exc:
-                    log.warning("skipping a malformed task from %s: %s", self._shown(path), exc)
-            return tasks
-
-        return await self._run(call)
+        target = self._poll_targets.get(request)
+        if target is None:
+            params = {"workerid": request.worker_id, "count": request.count, "timeout": timeout_ms}
+            if request.domain:
+                params["domain"] = request.domain
+            target = f"/tasks/poll/batch/{_segment(request.task_type)}?" + urllib.parse.urlencode(
+                params
+            )
+            if len(self._poll_targets) > 256:
+                self._poll_targets.clear()
+            self._poll_targets[request] = target
+        path = target.partition("?")[0]
+        answer = self._request("GET", target, wait=timeout_ms / 1000)
+        if answer.status == 204 or not answer.body:
+            return []
+        data = self._json(answer, "GET", path)
+        if not isinstance(data, list):
+            raise SourceError(f"GET {self._shown(path)}: expected a JSON array", status=200)
+        tasks = []
+        for item in data:
+            try:
+                tasks.append(task_from_wire(item, request.task_type))
+            except (ValueError, TypeError, AttributeError) as exc:
+                log.warning("skipping a malformed task from %s: %s", self._shown(path), exc)
+        return tasks
 
     async def report(self, task: Task, result: TaskResult, *, chain: bool = False) -> Task | None:
         """Deliver a result: ``update-v2`` when ``chain`` (the answer may be the next task),
@@ -193,33 +211,35 @@ class ConductorSource(TaskSource):
 
         Returns the chained task, or None. Re-sending a result for a terminal task is safe.
         """
+        return await self._run(functools.partial(self.report_blocking, task, result, chain=chain))
+
+    def report_blocking(
+        self, task: Task, result: TaskResult, *, chain: bool = False
+    ) -> Task | None:
+        """:meth:`report`, in the calling thread."""
         body = self._result_body(task, result)
-
-        def call() -> Task | None:
-            if chain and self._base not in _LEGACY_SERVERS:
-                resp = self._request("POST", "/tasks/update-v2", body=body, ok=(404, 405))
-                if resp.status_code not in (404, 405):
-                    if resp.status_code == 204 or not resp.content:
-                        return None
-                    try:
-                        data = self._json(resp, "/tasks/update-v2")
-                        return task_from_wire(data, task.task_type) if data else None
-                    except (SourceError, ValueError, TypeError, AttributeError) as exc:
-                        # The result was delivered; raising would make the caller send it again.
-                        # An unreadable next task is left to the server's response timeout.
-                        log.warning("ignoring an unreadable chained task: %s", exc)
-                        return None
-                # 404 also means "unknown task": only a successful POST /tasks proves the
-                # server merely lacks update-v2, so only then is the fallback remembered.
-                self._request("POST", "/tasks", body=body)
-                with _LEGACY_LOCK:
-                    _LEGACY_SERVERS.add(self._base)
-                log.info("%s has no update-v2; using POST /tasks from now on", self._shown_base)
-                return None
+        if chain and self._base not in _LEGACY_SERVERS:
+            answer = self._request("POST", "/tasks/update-v2", body=body, ok=(404, 405))
+            if answer.status not in (404, 405):
+                if answer.status == 204 or not answer.body:
+                    return None
+                try:
+                    data = self._json(answer, "POST", "/tasks/update-v2")
+                    return task_from_wire(data, task.task_type) if data else None
+                except (SourceError, ValueError, TypeError, AttributeError) as exc:
+                    # The result was delivered; raising would make the caller send it again.
+                    # An unreadable next task is left to the server's response timeout.
+                    log.warning("ignoring an unreadable chained task: %s", exc)
+                    return None
+            # 404 also means "unknown task": only a successful POST /tasks proves the
+            # server merely lacks update-v2, so only then is the fallback remembered.
             self._request("POST", "/tasks", body=body)
+            with _LEGACY_LOCK:
+                _LEGACY_SERVERS.add(self._base)
+            log.info("%s has no update-v2; using POST /tasks from now on", self._shown_base)
             return None
-
-        return await self._run(call)
+        self._request("POST", "/tasks", body=body)
+        return None
 
     async def extend(self, tasks: Sequence[Task]) -> None:
         """Extend the lease of each task (``POST /tasks`` with ``extendLease``), resetting its
@@ -245,7 +265,7 @@ class ConductorSource(TaskSource):
         worker_id = task.raw.get("workerId") if task.raw else None
         if worker_id:
             body["workerId"] = worker_id
-        self._request("POST", "/tasks", json=body)
+        self._request("POST", "/tasks", body=_json.dumps(body))
 
     @staticmethod
     def _result_body(task: Task, result: TaskResult) -> bytes:
@@ -265,25 +285,14 @@ class ConductorSource(TaskSource):
 
     # -- HTTP ---------------------------------------------------------------------------------
 
-    def _session(self) -> requests.Session:
-        session: requests.Session | None = getattr(self._local, "session", None)
-        if session is None:
-            session = requests.Session()
-            # Keep-alive pool per thread; no urllib3 retries: one attempt per call.
-            adapter = HTTPAdapter(pool_connections=2, pool_maxsize=2, max_retries=0)
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
-            # Proxy and CA-bundle variables are read once here instead of on every request
-            # (requests scans the whole environment per call when trust_env is on).
-            env = session.merge_environment_settings(self._base, {}, None, None, None)
-            session.trust_env = False
-            session.proxies.update(env.get("proxies") or {})
-            if env.get("verify") not in (None, True):
-                session.verify = env["verify"]
-            self._local.session = session
-            with self._lock:
-                self._sessions.append(session)
-        return session
+    def _connection(self) -> Connection:
+        conn: Connection | None = getattr(self._local, "conn", None)
+        if conn is None or conn.closed:
+            try:
+                conn = self._local.conn = self._endpoint.connection()
+            except TransportError:
+                raise SourceError("the Conductor source is closed", retryable=False) from None
+        return conn
 
     def _shown(self, path: str) -> str:
         return self._shown_base + path
@@ -291,70 +300,47 @@ class ConductorSource(TaskSource):
     def _request(
         self,
         method: str,
-        path: str,
+        target: str,
         *,
-        params: Mapping[str, Any] | None = None,
-        json: Any = None,
         body: bytes | None = None,
         wait: float = 0.0,
         ok: tuple[int, ...] = (),
-    ) -> requests.Response:
-        """One call, with the protocol's single token refresh. Returns a 2xx response (or one
+    ) -> Answer:
+        """One call, with the protocol's single token refresh. Returns a 2xx answer (or one
         whose status is in ``ok``); raises SourceError for anything else.
 
-        ``body``: a JSON body already encoded (sent as is, ``Content-Type: application/json``).
+        ``target``: the API path, with its query. ``body``: JSON, already encoded.
         """
         token = self._current_token()
-        resp = self._send(method, path, params=params, json=json, body=body, wait=wait, token=token)
-        if resp.status_code == 401 and token is not None and _error_code(resp) in _REFRESHABLE:
+        answer = self._send(method, target, body=body, wait=wait, token=token)
+        if answer.status == 401 and token is not None and _error_code(answer) in _REFRESHABLE:
             token = self._refresh_token(stale=token)
-            resp = self._send(
-                method, path, params=params, json=json, body=body, wait=wait, token=token
-            )
-        if resp.status_code < 300 or resp.status_code in ok:
-            return resp
-        raise self._http_error(method, path, resp)
+            answer = self._send(method, target, body=body, wait=wait, token=token)
+        if answer.status < 300 or answer.status in ok:
+            return answer
+        raise self._http_error(method, target.partition("?")[0], answer)
 
     def _send(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: Mapping[str, Any] | None,
-        json: Any,
-        wait: float,
-        token: str | None,
-        body: bytes | None = None,
-    ) -> requests.Response:
-        headers = {"X-Authorization": token} if token else {}
-        if body is not None:
-            headers["Content-Type"] = "application/json"
+        self, method: str, target: str, *, body: bytes | None, wait: float, token: str | None
+    ) -> Answer:
+        headers = self._json_headers if body is not None else self._endpoint.headers
+        if token:
+            headers = {**headers, "X-Authorization": token}
         try:
-            resp = self._session().request(
-                method,
-                self._base + path,
-                params=params,
-                json=json,
-                data=body,
-                headers=headers,
-                # The long-poll wait is the server's to spend; the read timeout comes on top.
-                timeout=(self._connect_timeout, self._read_timeout + wait),
-                allow_redirects=False,  # see refuse_redirect
-            )
-        except requests.Timeout as exc:
-            raise SourceError(
-                f"{method} {self._shown(path)}: timed out ({type(exc).__name__})"
-            ) from None
-        except requests.RequestException as exc:
-            raise SourceError(
-                f"{method} {self._shown(path)}: connection failed ({type(exc).__name__})"
-            ) from None
-        refuse_redirect(resp.status_code, f"{method} {self._shown(path)}")
-        return resp
+            # The long-poll wait is the server's to spend; the read timeout comes on top.
+            answer = self._connection().request(method, self._prefix + target, body, headers, wait)
+        except TransportError as exc:
+            if exc.kind == "closed":
+                raise SourceError("the Conductor source is closed", retryable=False) from None
+            path = self._shown(target.partition("?")[0])
+            what = "timed out" if exc.timed_out else "connection failed"
+            raise SourceError(f"{method} {path}: {what} ({exc.kind})") from None
+        refuse_redirect(answer.status, f"{method} {self._shown(target.partition('?')[0])}")
+        return answer
 
-    def _http_error(self, method: str, path: str, resp: requests.Response) -> SourceError:
-        status = resp.status_code
-        detail = _error_message(resp)
+    def _http_error(self, method: str, path: str, answer: Answer) -> SourceError:
+        status = answer.status
+        detail = _error_message(answer)
         message = f"{method} {self._shown(path)}: HTTP {status}" + (f" {detail}" if detail else "")
         if status == 401 and not self._key:
             message += (
@@ -368,14 +354,13 @@ class ConductorSource(TaskSource):
             rejects_result=400 <= status < 500 and status not in (401, 403, 404, 408, 429),
         )
 
-    def _json(self, resp: requests.Response, path: str) -> Any:
+    def _json(self, answer: Answer, method: str, path: str) -> Any:
         try:
-            return resp.json()
+            return _json.loads(answer.body)
         except ValueError:
             # A proxy's HTML error page during an outage looks like this; it may pass.
             raise SourceError(
-                f"{resp.request.method} {self._shown(path)}: answer is not JSON",
-                status=resp.status_code,
+                f"{method} {self._shown(path)}: answer is not JSON", status=answer.status
             ) from None
 
     # -- auth ----------------------------------------------------------------------------------
@@ -395,17 +380,17 @@ class ConductorSource(TaskSource):
                     return self._token
             if self._auth_enabled is False:
                 return None
-            credentials = {"keyId": self._key, "keySecret": self._secret}
-            resp = self._send("POST", "/token", params=None, json=credentials, wait=0.0, token=None)
-            if resp.status_code == 404:
+            credentials = _json.dumps({"keyId": self._key, "keySecret": self._secret})
+            answer = self._send("POST", "/token", body=credentials, wait=0.0, token=None)
+            if answer.status == 404:
                 self._auth_enabled = False  # an OSS server: no auth, proceed without a token
                 return None
-            if resp.status_code >= 300:
-                raise self._http_error("POST", "/token", resp)
-            token = _error_body(resp).get("token")
+            if answer.status >= 300:
+                raise self._http_error("POST", "/token", answer)
+            token = _error_body(answer).get("token")
             if not token or not isinstance(token, str):
                 raise SourceError(
-                    f"POST {self._shown('/token')}: no token in the answer", status=resp.status_code
+                    f"POST {self._shown('/token')}: no token in the answer", status=answer.status
                 )
             with self._lock:
                 self._token = token
@@ -450,20 +435,20 @@ def _segment(value: str) -> str:
     return urllib.parse.quote(value, safe="")
 
 
-def _error_body(resp: requests.Response) -> Mapping[str, Any]:
+def _error_body(answer: Answer) -> Mapping[str, Any]:
     """The answer's JSON object (an error body, or the token answer), or ``{}``."""
     try:
-        data = resp.json()
+        data = _json.loads(answer.body)
     except ValueError:
         return {}
     return data if isinstance(data, dict) else {}
 
 
-def _error_code(resp: requests.Response) -> str:
-    return str(_error_body(resp).get("error") or "")
+def _error_code(answer: Answer) -> str:
+    return str(_error_body(answer).get("error") or "")
 
 
-def _error_message(resp: requests.Response) -> str:
-    body = _error_body(resp)
+def _error_message(answer: Answer) -> str:
+    body = _error_body(answer)
     text = body.get("message") or body.get("error") or ""
     return str(text)[:200]
