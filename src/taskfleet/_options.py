@@ -19,11 +19,13 @@ from dataclasses import dataclass, field
 from typing import Any, Concatenate, NamedTuple, ParamSpec, TypeVar
 
 from . import _parsers as parsers
+from ._errors import ConfigurationError
 
 __all__ = [
     "OPTIONS",
     "Option",
     "WorkerOptions",
+    "from_sdk_arguments",
     "options_from_env",
     "options_of",
     "set_option_defaults",
@@ -147,6 +149,69 @@ OPTIONS: tuple[Option, ...] = tuple(
 )
 
 
+#: Environment properties as the Conductor Python SDK also spells them: alias -> property.
+ENV_ALIASES = {"LEASE_EXTEND_ENABLED": "LEASE_EXTEND", "POLLING_INTERVAL": "POLL_INTERVAL"}
+
+#: Properties of the SDK's that taskfleet has no use for: why.
+SDK_ONLY_PROPERTIES = dict.fromkeys(
+    ("REGISTER_TASK_DEF", "OVERWRITE_TASK_DEF", "STRICT_SCHEMA", "REGISTER_SCHEMA"),
+    "taskfleet registers no task definitions or schemas",
+)
+
+#: Keyword arguments and class-worker attributes as the SDK names them: alias -> option.
+SDK_OPTION_NAMES = {
+    "thread_count": "threads",
+    "lease_extend_enabled": "lease_extend",
+    "poll_interval_millis": "poll_interval",
+}
+
+#: SDK arguments about registering task definitions: ignored when false, refused when set.
+_REGISTRATION_ARGUMENTS = (
+    "register_task_def",
+    "task_def",
+    "register_schema",
+    "overwrite_task_def",
+    "strict_schema",
+)
+
+
+def from_sdk_arguments(task_type: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    """Worker options from keyword arguments that may use the Conductor SDK's names.
+
+    Raises:
+        ConfigurationError: naming ``<task_type>.<argument>`` and what to do instead.
+    """
+    options = dict(arguments)
+    for alias, name in SDK_OPTION_NAMES.items():
+        if alias in options:
+            if name in options:
+                raise ConfigurationError(
+                    f"{task_type}.{alias}", f"give {name}= or {alias}=, not both"
+                )
+            options[name] = options.pop(alias)
+    if "poll_interval_seconds" in options:
+        seconds = options.pop("poll_interval_seconds")
+        if seconds:
+            options.setdefault("poll_interval", round(float(seconds) * 1000))
+    for name in _REGISTRATION_ARGUMENTS:
+        if name not in options:
+            continue
+        value = options.pop(name)
+        if value and name not in ("overwrite_task_def", "strict_schema"):
+            raise ConfigurationError(
+                f"{task_type}.{name}",
+                "taskfleet registers no task definitions: register them with your deployment"
+                " tooling (Conductor's API or UI) and remove this argument",
+            )
+    unknown = sorted(set(options) - {option.name for option in OPTIONS})
+    if unknown:
+        raise ConfigurationError(
+            f"{task_type}.{unknown[0]}",
+            "is not a worker option; the options are " + ", ".join(o.name for o in OPTIONS),
+        )
+    return options
+
+
 def _env_names(task_type: str) -> list[str]:
     upper = task_type.upper()
     safe = "".join(c if c.isalnum() else "_" for c in upper)
@@ -166,8 +231,10 @@ def options_from_env(
     for option in OPTIONS:
         if option.env is None:
             continue
-        candidates = [f"CONDUCTOR_WORKER_{name}_{option.env}" for name in names]
-        candidates.append(f"CONDUCTOR_WORKER_ALL_{option.env}")
+        properties = [option.env, *(a for a, p in ENV_ALIASES.items() if p == option.env)]
+        candidates = [
+            f"CONDUCTOR_WORKER_{name}_{prop}" for name in [*names, "ALL"] for prop in properties
+        ]
         for var in candidates:
             if var in env:
                 changes[option.name] = option.form.read(var, env[var])

@@ -48,7 +48,7 @@ from ._sources import create_source
 from ._sources.base import WorkerBinding
 from ._spool import Spool
 from ._task import Task, TaskStatus
-from ._worker import Worker, as_worker
+from ._worker import Worker, as_worker, declared_workers
 
 __all__ = ["TaskHandler"]
 
@@ -148,6 +148,16 @@ def _exit_reason(exitcode: int | None) -> tuple[str, str]:
     return f"worker process exited with code {exitcode}", f"exit_{exitcode}"
 
 
+def _given(worker: Worker, workers: list[Worker]) -> bool:
+    """Whether ``worker`` is among ``workers`` (a script's ``__main__`` module imported again
+    under its own name declares its workers twice)."""
+    return any(
+        w.task_type == worker.task_type
+        and getattr(w, "__qualname__", None) == getattr(worker, "__qualname__", None)
+        for w in workers
+    )
+
+
 class TaskHandler:
     """Run ``workers`` in a supervised pool of processes.
 
@@ -156,6 +166,8 @@ class TaskHandler:
     Args:
         workers: ``@worker_task`` functions, :class:`Worker` or ``WorkerInterface`` objects.
         configuration: settings (default: :meth:`Configuration.from_env`).
+        scan_for_annotated_workers: also run every ``@worker_task`` declared in this process.
+        import_modules: modules to import first (where those workers are declared).
         hooks: objects with optional ``before_``/``after_`` poll, execute and report methods,
             sent to every worker process (they must be picklable).
         install_signal_handlers: drain on SIGTERM/SIGINT (only possible from the main thread).
@@ -166,8 +178,10 @@ class TaskHandler:
 
     def __init__(
         self,
-        workers: Iterable[Any],
+        workers: Iterable[Any] = (),
         configuration: Configuration | None = None,
+        scan_for_annotated_workers: bool = False,
+        import_modules: Sequence[str] = (),
         *,
         hooks: Sequence[Any] = (),
         install_signal_handlers: bool = True,
@@ -176,8 +190,15 @@ class TaskHandler:
         self.config = (configuration or Configuration.from_env(env)).validate()
         environ = os.environ if env is None else env
         self.workers = [as_worker(w) for w in workers]
+        declared = declared_workers(import_modules)
+        if scan_for_annotated_workers:
+            self.workers += [w for w in declared if not _given(w, self.workers)]
         if not self.workers:
-            raise ConfigurationError("workers", "no workers given")
+            raise ConfigurationError(
+                "workers",
+                "no workers given: pass @worker_task functions or WorkerInterface objects, or"
+                " scan_for_annotated_workers=True to run every @worker_task declared",
+            )
         seen: set[str] = set()
         self._children: list[Child] = []
         for worker in self.workers:

@@ -18,19 +18,27 @@ import dataclasses
 import importlib
 import inspect
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ._convert import Binder
 from ._errors import ConfigurationError
-from ._options import WorkerOptions, options_of, set_option_defaults, takes_options
+from ._options import (
+    SDK_OPTION_NAMES,
+    WorkerOptions,
+    from_sdk_arguments,
+    options_of,
+    set_option_defaults,
+    takes_options,
+)
 from ._task import Task, TaskResult, TaskStatus
 
 __all__ = [
     "Worker",
     "WorkerInterface",
     "as_worker",
+    "declared_workers",
     "worker_task",
 ]
 
@@ -68,14 +76,79 @@ class WorkerInterface(abc.ABC):
 
     def result_for(self, task: Task, status: TaskStatus = TaskStatus.COMPLETED) -> TaskResult:
         """A result for ``task`` carrying this worker's identity."""
-        return task.result(status, worker_id=self.identity)
+        return task.result(status, worker_id=self.get_identity())
 
     @property
     def identity(self) -> str:
         return self.worker_id or socket.gethostname()
 
     def options(self) -> WorkerOptions:
-        return options_of(self)
+        """The options of this worker: its attributes, the Conductor SDK's names and methods
+        included (docs/migrating-from-conductor-python.md).
+
+        Raises:
+            ConfigurationError: naming the attribute (``register_task_def = True``).
+        """
+        name = self.task_definition_name
+        changes = from_sdk_arguments(
+            name, {"register_task_def": getattr(self, "register_task_def", False)}
+        )
+        for alias, option in SDK_OPTION_NAMES.items():
+            # An alias set as a class attribute replaces the property below: it wins.
+            if hasattr(self, alias) and getattr(self, alias) != getattr(self, option):
+                changes[option] = getattr(self, alias)
+        if _overrides(self, "get_polling_interval_in_seconds"):
+            changes["poll_interval"] = round(float(self.get_polling_interval_in_seconds()) * 1000)
+        if _overrides(self, "get_domain"):
+            changes["domain"] = self.get_domain()
+        if _overrides(self, "get_identity"):
+            changes["worker_id"] = self.get_identity()
+        if callable(self.paused):  # the SDK's paused() method
+            changes["paused"] = bool(self.paused())
+        return dataclasses.replace(options_of(self), **changes)
+
+    # -- the Conductor SDK's names -------------------------------------------------------------
+
+    @property
+    def thread_count(self) -> int:
+        """The SDK's name of :attr:`threads`."""
+        return self.threads
+
+    @thread_count.setter
+    def thread_count(self, value: int) -> None:
+        self.threads = value
+
+    @property
+    def lease_extend_enabled(self) -> bool | float:
+        """The SDK's name of :attr:`lease_extend`."""
+        return self.lease_extend
+
+    @lease_extend_enabled.setter
+    def lease_extend_enabled(self, value: bool | float) -> None:
+        self.lease_extend = value
+
+    def get_task_result_from_task(self, task: Task) -> TaskResult:
+        """The SDK's name of :meth:`result_for`."""
+        return self.result_for(task)
+
+    def get_identity(self) -> str:
+        """The identity reported with results; override it to choose another."""
+        return self.identity
+
+    def get_polling_interval_in_seconds(self) -> float:
+        """Upper bound of the pause between idle polls; override it to choose another."""
+        return self.poll_interval / 1000
+
+    def get_domain(self) -> str | None:
+        """The Conductor task domain polled; override it to choose another."""
+        return self.domain
+
+    def get_task_definition_name(self) -> str:
+        return self.task_definition_name
+
+
+def _overrides(worker: WorkerInterface, method: str) -> bool:
+    return getattr(type(worker), method) is not getattr(WorkerInterface, method)
 
 
 set_option_defaults(WorkerInterface)
@@ -171,22 +244,53 @@ def _rebuild_worker(
     return Worker(task_type, handler, options, style)
 
 
+#: Every worker declared with ``@worker_task`` in this process, in order: what
+#: ``TaskHandler(scan_for_annotated_workers=True)`` runs.
+DECLARED: list[Worker] = []
+
+
 @takes_options
-def worker_task(task_type: str, **options: Any) -> Callable[[Callable[..., Any]], Worker]:
+def worker_task(
+    task_type: str | None = None, **options: Any
+) -> Callable[[Callable[..., Any]], Worker]:
     """Declare a function (``def`` or ``async def``) as the handler of ``task_type``.
 
     The keyword arguments are the fields of :class:`WorkerOptions` (docs/workers.md#options);
-    ``poll_interval`` and ``poll_timeout`` are in milliseconds, ``time_limit`` in seconds.
+    ``poll_interval`` and ``poll_timeout`` are in milliseconds, ``time_limit`` in seconds. The
+    Conductor SDK's names work too: ``task_definition_name=``, ``thread_count=``,
+    ``lease_extend_enabled=``, ``poll_interval_millis=``.
 
     Raises:
         ConfigurationError: when an argument is invalid (at decoration time).
     """
-    worker_options = WorkerOptions(**options)
+    sdk_name = options.pop("task_definition_name", None)
+    if (task_type is None) == (sdk_name is None):
+        raise ConfigurationError(
+            "worker_task", "give the task type once: worker_task('name') or task_definition_name="
+        )
+    name: str = task_type if task_type is not None else sdk_name
+    worker_options = WorkerOptions(**from_sdk_arguments(name, options))
 
     def decorate(func: Callable[..., Any]) -> Worker:
-        return Worker(task_type, func, worker_options)
+        worker = Worker(name, func, worker_options)
+        DECLARED.append(worker)
+        return worker
 
     return decorate
+
+
+def declared_workers(import_modules: Iterable[str] = ()) -> list[Worker]:
+    """The ``@worker_task`` workers declared in this process, after importing ``import_modules``.
+
+    Raises:
+        ConfigurationError: naming a module that cannot be imported.
+    """
+    for module in import_modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigurationError("import_modules", f"cannot import {module!r}: {exc}") from None
+    return list(DECLARED)
 
 
 def as_worker(obj: Any) -> Worker:

@@ -50,7 +50,7 @@ def test_worker_task_takes_exactly_the_options_as_keyword_arguments():
     parameters = inspect.signature(worker_task).parameters
     assert list(parameters)[1:] == [o.name for o in OPTIONS]
     assert all(parameters[o.name].default == o.default for o in OPTIONS)
-    with pytest.raises(TypeError, match="bogus"):
+    with pytest.raises(ConfigurationError, match=r"^x\.bogus: is not a worker option"):
         worker_task("x", bogus=1)
 
 

@@ -1,0 +1,99 @@
+"""Code written for the Conductor Python SDK, its imports changed, run by a real pool against
+the Conductor test server (docs/migrating-from-conductor-python.md)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sdk_readme_workers import SimplePythonWorker
+
+from taskfleet import AuthenticationSettings, Configuration, TaskHandler
+from taskfleet.testing import ConductorTestServer
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+
+
+#: The SDK README's main(), imports changed; run as a script as a user would.
+README_MAIN = """
+import sys
+sys.path.insert(0, {workers_dir!r})
+
+from taskfleet import Configuration, TaskHandler
+from sdk_readme_workers import SimplePythonWorker
+
+
+def main():
+    configuration = Configuration()
+    workers = [SimplePythonWorker(task_definition_name='python_task_example')]
+    task_handler = TaskHandler(workers, configuration, scan_for_annotated_workers=True)
+    task_handler.start_processes()
+    task_handler.join_processes()
+
+
+if __name__ == '__main__':
+    main()
+"""
+
+
+def test_the_sdk_readme_workers_run_unchanged_apart_from_imports(tmp_path):
+    script = tmp_path / "main.py"
+    script.write_text(README_MAIN.format(workers_dir=str(Path(__file__).parent)))
+    with ConductorTestServer() as server:
+        class_ids = server.enqueue_many("python_task_example", [{}] * 5)
+        function_ids = server.enqueue_many(
+            "python_annotated_task", [{"name": "Ada"}, {"name": "Bob", "greeting": "Hi"}]
+        )
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "CONDUCTOR_SERVER_URL": server.url,  # the deployment's environment, as the SDK reads it
+            "TASKFLEET_STATE_DIR": str(tmp_path / "state"),
+            "TASKFLEET_METRICS_ADDRESS": "off",
+        }
+        proc = subprocess.Popen(
+            [sys.executable, str(script)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            done = server.wait_for(class_ids + function_ids, timeout=60)
+            proc.send_signal(signal.SIGTERM)
+            _, stderr = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        assert done, stderr
+        assert proc.returncode == 0, stderr
+        jobs = [server.job(i) for i in class_ids]
+        assert {j.status for j in jobs} == {"COMPLETED"}
+        assert jobs[0].output == {
+            "worker_style": "class",
+            "secret_number": 1234,
+            "is_it_true": False,
+        }
+        messages = [server.job(i).output for i in function_ids]
+        assert messages == [{"message": "Hello Ada"}, {"message": "Hi Bob"}]
+
+
+def test_a_configuration_built_with_the_sdk_argument_names_reaches_the_server(tmp_path):
+    with ConductorTestServer(auth=("key", "secret")) as server:
+        ids = server.enqueue_many("python_task_example", [{}])
+        configuration = Configuration(
+            server_api_url=server.url,
+            debug=True,
+            authentication_settings=AuthenticationSettings(key_id="key", key_secret="secret"),
+            state_dir=str(tmp_path / "state"),
+            metrics_address="off",
+        )
+        worker = SimplePythonWorker("python_task_example")
+        with TaskHandler([worker], configuration, install_signal_handlers=False) as handler:
+            handler.start_processes()
+            assert server.wait_for(ids, timeout=60)
+        assert server.job(ids[0]).status == "COMPLETED"
