@@ -101,7 +101,7 @@ class _Handback:
         self.recycle = recycle
         #: the failed first report attempt (None: the result was delivered)
         self.error = error
-        #: a chained task, not yet announced
+        #: a chained task, not yet announced (a recycle)
         self.next_task = next_task
         #: the task's ledger record was cleared already
         self.settled = settled
@@ -489,11 +489,10 @@ class Runner:
     def _run_chain(self, task: Task, record: int) -> _Handback | None:
         """In a slot's thread: execute, report (first attempt) and go on with the chained task,
         until there is none (None: the slot is free) or something needs the loop: a failed
-        report (retries, spool), a task announced over the pipe, a recycle."""
+        report (retries, spool) or a recycle."""
         assert self._delivery is not None
         delivery = self._delivery
         ledger = self._ledger
-        output_subject = self.options.output_subject
         received = metrics.get().taskfleet_tasks_received.labels(self.task_type)
         while True:
             result = self._execute_blocking(task)
@@ -504,23 +503,15 @@ class Runner:
                 next_task = delivery.report_blocking(task, result, chain=chain)
             except Exception as exc:  # SourceError: the loop retries or spools
                 return _Handback(task, result, chain, recycle, error=exc)
-            if recycle or task.task_id in self._piped:
-                return _Handback(task, result, chain, recycle, next_task=next_task)
-            if ledger is not None and record >= 0:
+            if ledger is not None:
                 ledger.clear(record)
+            if recycle:
+                return _Handback(task, result, chain, recycle, next_task=next_task, settled=True)
             if next_task is None:
                 return None
-            if output_subject and not next_task.output_subject:
-                next_task = replace(next_task, output_subject=output_subject)
-            if ledger is None or record < 0:
-                if self.control.connected:  # announced over the pipe, on the loop's thread
-                    return _Handback(
-                        task, result, chain, recycle, next_task=next_task, settled=True
-                    )
-            elif not ledger.put(record, pack_task(next_task), time.monotonic()):
-                return _Handback(task, result, chain, recycle, next_task=next_task, settled=True)
             received.inc()
-            task = next_task
+            # Recorded in the ledger before it starts, as every task (_announce is thread-safe).
+            task = self._announce([next_task], [record])[0]
 
     async def _finish(self, back: _Handback, record: int) -> Task | None:
         """On the loop: what a slot thread left of a task (see ``_run_chain``); returns the next
@@ -539,11 +530,14 @@ class Runner:
                     task.task_id,
                     exc_info=back.error,
                 )
-        if not back.settled:
-            self._settled(task.task_id, record)
+        if not back.settled and self._ledger is not None:
+            self._ledger.clear(record)
         if back.recycle:
             self._stop_now(back.recycle)
-        return self._announce([next_task], [record])[0] if next_task is not None else None
+        if next_task is None:
+            return None
+        metrics.get().taskfleet_tasks_received.labels(self.task_type).inc()
+        return self._announce([next_task], [record])[0]
 
     async def _execute(self, task: Task) -> TaskResult:
         self._hook("before_execute", task)
