@@ -157,7 +157,9 @@ class Delivery:
         await asyncio.sleep(wait.delay(1))  # the first retry's wait
         async for attempt in retrying:
             with attempt:
-                return await self._report_once(task, result, chain)
+                # Never chained: the failed call may have reached the server and dequeued a
+                # task whose answer was lost; asking again would dequeue another nobody runs.
+                return await self._report_once(task, result, False)
         raise SourceError(  # pragma: no cover - AsyncRetrying either returns or raises
             f"gave up after {time.monotonic() - started:.1f}s"
         )

@@ -8,12 +8,13 @@ import enum
 import json
 import math
 import uuid
+from collections.abc import Iterator
 from pathlib import PurePath
 from typing import Any
 
 from ._errors import OutputError
 
-__all__ = ["dumps", "loads", "to_output_error"]
+__all__ = ["TooDeep", "dumps", "loads", "loads_array_items", "to_output_error"]
 
 _encoder = json.JSONEncoder(
     separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=None
@@ -98,3 +99,96 @@ def _find_bad(obj: Any, path: str, seen: set[int]) -> tuple[str, str] | None:
         return _find_bad(converted, path, seen)
     finally:
         seen.discard(id(obj))
+
+
+@dataclasses.dataclass(frozen=True)
+class TooDeep:
+    """An array item nested too deeply to decode; ``fields`` are its top-level members with
+    every nested object or array replaced by None (enough to name and settle a task)."""
+
+    fields: dict[str, Any]
+
+
+def loads_array_items(data: bytes | str) -> list[Any]:
+    """Decode a JSON array item by item, so one item nested deeper than the parser's stack
+    allows (a ``RecursionError`` for the whole array) costs that item only: it comes back as a
+    :class:`TooDeep`.
+
+    Raises:
+        ValueError: the text is not a JSON array.
+    """
+    text = data.decode("utf-8") if isinstance(data, bytes) else data
+    items: list[Any] = []
+    for start, end in _array_spans(text):
+        chunk = text[start:end]
+        try:
+            items.append(json.loads(chunk))
+        except RecursionError:
+            shallow = json.loads(_flatten(chunk))
+            items.append(TooDeep(shallow if isinstance(shallow, dict) else {}))
+    return items
+
+
+def _chars(text: str) -> Iterator[tuple[int, str, bool]]:
+    """Every character of JSON ``text`` with whether it is inside a string (quotes included)."""
+    in_string, escaped = False, False
+    for i, ch in enumerate(text):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+                yield i, ch, True
+                continue
+            yield i, ch, True
+        elif ch == '"':
+            in_string = True
+            yield i, ch, True
+        else:
+            yield i, ch, False
+
+
+def _array_spans(text: str) -> list[tuple[int, int]]:
+    """The (start, end) of each top-level item of the JSON array ``text`` (no recursion)."""
+    if not text.strip().startswith("["):
+        raise ValueError("not a JSON array")
+    spans: list[tuple[int, int]] = []
+    depth, start = 0, -1
+    for i, ch, quoted in _chars(text):
+        if depth == 1 and start < 0 and not ch.isspace() and ch not in ",]":
+            start = i
+        if quoted:
+            continue
+        if ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+            if depth == 0:
+                if start >= 0:
+                    spans.append((start, i))
+                return spans
+        elif ch == "," and depth == 1:
+            spans.append((start, i))
+            start = -1
+    raise ValueError("unterminated JSON array")
+
+
+def _flatten(text: str) -> str:
+    """``text`` (one JSON value) with every container below the top level replaced by null."""
+    out: list[str] = []
+    depth = 0
+    for _, ch, quoted in _chars(text):
+        if not quoted and ch in "[{":
+            depth += 1
+            if depth == 2:
+                out.append("null")
+        elif not quoted and ch in "]}":
+            depth -= 1
+            if depth == 0:
+                out.append(ch)
+            continue
+        if depth <= 1:
+            out.append(ch)
+    return "".join(out)

@@ -12,7 +12,7 @@ channel's heartbeats):
 - a process whose loop stops sending heartbeats is treated as wedged: killed, reported, restarted;
 - leases of long tasks are extended from here, so a handler holding the GIL cannot starve them;
 - SIGTERM/SIGINT drains: children stop polling and finish within ``drain_timeout``; what is left
-  is handed back (FAILED, so the server retries now); a second signal stops at once.
+  is handed back (re-queued at once without using up a retry); a second signal stops at once.
 
 The supervisor's threads: the caller's (start/join/stop), the monitor (reads every child's pipe and
 sentinel, acts on deadlines), the source agent (its own event loop), and the HTTP endpoint.
@@ -45,7 +45,7 @@ from ._options import WorkerOptions, options_from_env
 from ._runner import EXIT_START_FAILED, ChildRecipe, child_main, time_limit_result
 from ._scratch import ScratchDir
 from ._sources import create_source
-from ._sources.base import WorkerBinding
+from ._sources.base import HANDED_BACK, WorkerBinding
 from ._spool import Spool
 from ._task import Task, TaskStatus
 from ._worker import Worker, as_worker, declared_workers
@@ -329,7 +329,17 @@ class TaskHandler:
                 return False
             # Short waits keep the main thread responsive to signals.
             self._done.wait(0.2 if remaining is None else min(0.2, remaining))
+        self._restore_signals()
         return True
+
+    def _restore_signals(self) -> None:
+        """Give SIGTERM and SIGINT back to their previous handlers: only possible on the main
+        thread, so it happens in the caller's join (or in the next signal), never the monitor."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        handlers, self._old_handlers = self._old_handlers, {}
+        for sig, old in handlers.items():
+            signal.signal(sig, old)
 
     def stop_processes(self, timeout: float | None = None) -> None:
         """Drain: stop polling, let in-flight tasks finish within the drain timeout, hand back the
@@ -712,15 +722,24 @@ class TaskHandler:
             task = entry.task
             if task.task_id in child.timed_out:
                 continue  # already reported when its deadline passed
-            result = task.result(TaskStatus.FAILED, reason=reason, worker_id=child.options.identity)
+            worker_id = child.options.identity
+            if hand_back:
+                # Not a failure: back in the queue now, without using up a retry.
+                result = task.result(TaskStatus.IN_PROGRESS, reason=reason, worker_id=worker_id)
+                result.exception = HANDED_BACK
+                self._agent.report(task, result)
+                m.taskfleet_tasks_lost.labels(task.task_type, "drain").inc()
+                continue
+            result = task.result(TaskStatus.FAILED, reason=reason, worker_id=worker_id)
             result.exception = "WorkerLost"
             # NATS: redeliver now. After a crash, a little jitter keeps the tasks that shared the
             # dead process from arriving together again, so an innocent neighbour of a task that
             # crashes every time it runs is not killed with it on every delivery.
-            result.retry_after = 0.0 if hand_back else random.uniform(0.0, 1.0)
+            result.retry_after = random.uniform(0.0, 1.0)
             self._agent.report(task, result)
-            m.taskfleet_tasks_lost.labels(task.task_type, "drain" if hand_back else "crash").inc()
-        log.warning("%s: reported %d in-flight task(s) FAILED: %s", child.name, len(lost), reason)
+            m.taskfleet_tasks_lost.labels(task.task_type, "crash").inc()
+        what = "handed back" if hand_back else "reported FAILED"
+        log.warning("%s: %s %d in-flight task(s): %s", child.name, what, len(lost), reason)
 
     def _restart_due(self, now: float) -> None:
         for child in self._children:
@@ -838,6 +857,15 @@ class TaskHandler:
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         # Signal handlers only set flags; the monitor acts on them.
+        if self._done.is_set():
+            # The pool stopped and nobody joined it: the signal is the program's again.
+            old = self._old_handlers.get(signum, signal.SIG_DFL)
+            self._restore_signals()
+            if callable(old):
+                old(signum, frame)
+            elif old == signal.SIG_DFL:
+                signal.raise_signal(signum)
+            return
         if self._stopping:
             log.warning("second %s: stopping at once", signal.Signals(signum).name)
             self.request_stop(immediately=True)
@@ -850,11 +878,6 @@ class TaskHandler:
             if child.process is not None and child.process.is_alive():
                 child.process.join(5)
         self._cleanup()
-        for sig, old in self._old_handlers.items():
-            try:
-                signal.signal(sig, old)
-            except ValueError:
-                pass  # not in the main thread any more; the process is ending anyway
         self._done.set()
         log.info("pool stopped")
 

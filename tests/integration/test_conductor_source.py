@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 import time
 import uuid
 from collections.abc import Coroutine, Iterator
@@ -18,6 +19,7 @@ from taskfleet._sources import conductor as conductor_module
 from taskfleet._sources.conductor import ConductorSource
 from taskfleet._task import Task, TaskResult, TaskStatus
 from taskfleet.testing import ConductorTestServer
+from taskfleet.testing import conductor as testing_conductor
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -117,6 +119,27 @@ def test_poll_sends_the_long_poll_wait_in_milliseconds_capped_at_five_seconds(se
 def test_an_empty_poll_is_an_empty_list_whatever_the_server_answers(empty_status):
     with ConductorTestServer(empty_poll_status=empty_status) as srv:
         assert run(poll_once(make_source(srv.url), request())) == []
+
+
+def test_a_task_nested_too_deeply_to_decode_fails_alone_and_the_batch_is_served(
+    server, source, monkeypatch
+):
+    # The server sends one task whose input is 100,000 arrays deep: more than any JSON parser's
+    # stack. Its bytes are spliced into the real answer, since the server cannot encode it either.
+    deep = "[" * 100_000 + "]" * 100_000
+    real_dumps = json.dumps
+    monkeypatch.setattr(
+        testing_conductor.json,
+        "dumps",
+        lambda obj, **kw: real_dumps(obj, **kw).replace('"@deep@"', deep),
+    )
+    ids = [server.enqueue("t", {"n": 1}), server.enqueue("t", {"v": "@deep@"})]
+    ids.append(server.enqueue("t", {"n": 3}))
+    tasks = run(poll_once(source, request(count=3)))
+    assert [t.task_id for t in tasks] == [ids[0], ids[2]]
+    job = server.job(ids[1])
+    assert job.status == "FAILED_WITH_TERMINAL_ERROR"
+    assert "nested too deeply" in (job.reason or "")
 
 
 def test_poll_asks_for_the_workers_domain(server, source):

@@ -17,7 +17,7 @@ from nats.js.api import RetentionPolicy
 from taskfleet._config import Configuration
 from taskfleet._errors import SourceError
 from taskfleet._nats.wire import REASON_HEADER, Subjects, decode_result, encode_task
-from taskfleet._sources.base import PollRequest, WorkerBinding
+from taskfleet._sources.base import HANDED_BACK, PollRequest, WorkerBinding
 from taskfleet._sources.nats import NatsSource
 from taskfleet._task import TaskResult, TaskStatus
 
@@ -194,6 +194,32 @@ def test_a_task_failing_every_delivery_ends_failed_with_a_dead_letter_copy(nats_
                 (dead,) = await probe.dead("doomed")
                 assert "nope" in dead.headers[REASON_HEADER]
                 assert b'{"n":1}' in dead.data, "the dead-letter copy carries the original task"
+            finally:
+                await source.close()
+
+    run(scenario())
+
+
+def test_a_task_handed_back_on_its_last_delivery_is_published_again_not_dead_lettered(
+    nats_config,
+):
+    async def scenario() -> None:
+        source = await started(nats_config, WorkerBinding("drained", max_attempts=1))
+        async with Probe(nats_config) as probe:
+            try:
+                await probe.submit("drained", "t-1", {"n": 1})
+                task = await poll_one(source, "drained")
+                assert task.attempt == 1  # its only delivery
+                result = task.result(TaskStatus.IN_PROGRESS, reason="handed back: drain")
+                result.exception = HANDED_BACK
+                await source.report(task.slim(), result)
+                again = await poll_one(source, "drained")
+                assert (again.task_id, again.input_data, again.attempt) == ("t-1", {"n": 1}, 1)
+                await source.report(again, again.result(TaskStatus.COMPLETED, {"ok": True}))
+                await eventually(lambda: _is_zero(probe.tasks_left("drained")), what="the ack")
+                assert await probe.dead("drained") == []
+                (final,) = await probe.results("drained")
+                assert final.status == final.COMPLETED
             finally:
                 await source.close()
 

@@ -209,20 +209,30 @@ def test_results_are_spooled_while_the_server_is_down_and_delivered_when_it_retu
     assert in_spool >= 1
 
 
-def test_drain_finishes_in_flight_tasks_and_hands_back_what_cannot_finish(server, tmp_path):
-    server.register_task_def("sleeper", retry_count=0)
+def test_drain_hands_back_what_cannot_finish_without_using_up_a_retry(server, tmp_path):
+    server.register_task_def("sleeper", retry_count=0)  # a FAILED hand-back would end it
     short = server.enqueue("sleeper", {"seconds": 0.5})
     cfg = conductor_config(
         server, tmp_path / "state", metrics_address="127.0.0.1:0", drain_timeout=0.3
     )
-    with TaskHandler(
-        [sleeper.with_options(time_limit=None)], cfg, install_signal_handlers=False
-    ) as h:
+    # One slot: no poll of the process is parked on the server when it is killed, which would
+    # take the handed-back task for a dead process (the known window of docs/reliability.md).
+    one_slot = sleeper.with_options(time_limit=None, threads=1)
+    with TaskHandler([one_slot], cfg, install_signal_handlers=False) as h:
         h.start_processes()
         assert server.wait_for(lambda: server.job(short).status == "IN_PROGRESS", timeout=20)
         h.stop_processes()
     job = server.job(short)
-    assert job.status == "FAILED" and "handed back" in job.reason
+    assert "handed back" in job.reason
+    # IN_PROGRESS with callbackAfterSeconds 0 puts the task back in the queue (the test server
+    # shows it SCHEDULED), pollable at once: no retry is used, so even a task with no retries
+    # left runs again.
+    assert job.status == "SCHEDULED" and job.retry_count == 0
+    with TaskHandler([sleeper], cfg, install_signal_handlers=False) as second:
+        second.start_processes()
+        assert server.wait_for([short], timeout=30)
+    job = server.job(short)
+    assert job.status == "COMPLETED" and job.retry_count == 0
 
 
 def test_sigterm_drains_in_flight_tasks_to_completion_and_exits_zero(server, tmp_path):
@@ -348,3 +358,17 @@ def test_a_worker_process_whose_ledger_is_gone_still_serves(server, tmp_path):
             process.join()
     assert process.exitcode == 0
     assert server.job(task_id).status == "COMPLETED"
+
+
+def test_ctrl_c_is_the_programs_again_once_a_pool_stopped_by_a_signal_is_joined(server, tmp_path):
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    with TaskHandler([whoami], conductor_config(server, tmp_path / "state")) as h:
+        h.start_processes()
+        assert signal.getsignal(signal.SIGINT) is not before[signal.SIGINT]
+        os.kill(os.getpid(), signal.SIGTERM)  # the drain, as from systemd
+        assert h.join_processes(60)
+        assert {sig: signal.getsignal(sig) for sig in before} == before
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)  # the interrupt lands here
+

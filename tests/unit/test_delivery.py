@@ -76,3 +76,30 @@ def test_a_chained_task_comes_back_only_when_asked_for():
     assert source.queued("t") == queued
     chained = asyncio.run(delivery.deliver(first, _done(first, {}), chain=True))
     assert chained is not None and source.queued("t") == queued - 1
+
+
+class LosesAnswers(MemorySource):
+    """Applies the first report (and hands out a chained task), then loses the answer, as a
+    timed-out update-v2 does."""
+
+    lost = 0
+
+    async def report(self, task: Task, result: TaskResult, *, chain: bool = False) -> Task | None:
+        handed = await super().report(task, result, chain=chain)
+        if not self.lost:
+            self.lost += 1
+            raise SourceError("POST /tasks/update-v2: read timed out")
+        return handed
+
+
+def test_a_chained_report_retried_after_a_timeout_asks_for_no_second_task():
+    source = LosesAnswers()
+    first = source.add("t")
+    for _ in range(3):
+        source.add("t")
+    queued = source.queued("t")
+    delivery = Delivery(source, None)
+    assert asyncio.run(delivery.deliver(first, _done(first, {}), chain=True)) is None
+    # The lost answer's task is the server's to time out; the retry took no other.
+    assert source.queued("t") == queued - 1
+

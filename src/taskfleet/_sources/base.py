@@ -24,7 +24,13 @@ from .._task import Task, TaskResult
 if TYPE_CHECKING:
     from .._config import Configuration
 
-__all__ = ["PollRequest", "TaskSource", "WorkerBinding"]
+__all__ = ["HANDED_BACK", "PollRequest", "TaskSource", "WorkerBinding"]
+
+#: ``TaskResult.exception`` of a task handed back unfinished (the drain timeout passed): it did
+#: not fail, so a source re-queues it without using up one of its retries where the protocol
+#: allows (Conductor: ``IN_PROGRESS`` with ``callbackAfterSeconds`` 0; NATS: a nak, or on the
+#: last delivery a fresh copy of the task).
+HANDED_BACK = "HandedBack"
 
 
 @dataclass(frozen=True)

@@ -194,16 +194,39 @@ class ConductorSource(TaskSource):
         answer = self._request("GET", target, wait=timeout_ms / 1000)
         if answer.status == 204 or not answer.body:
             return []
-        data = self._json(answer, "GET", path)
+        try:
+            data = self._json(answer, "GET", path)
+        except RecursionError:  # one task's input nested too deeply: that task only
+            data = _json.loads_array_items(answer.body)
         if not isinstance(data, list):
             raise SourceError(f"GET {self._shown(path)}: expected a JSON array", status=200)
         tasks = []
         for item in data:
+            if isinstance(item, _json.TooDeep):
+                self._fail_too_deep(item, request.task_type)
+                continue
             try:
                 tasks.append(task_from_wire(item, request.task_type))
             except (ValueError, TypeError, AttributeError) as exc:
                 log.warning("skipping a malformed task from %s: %s", self._shown(path), exc)
         return tasks
+
+    def _fail_too_deep(self, item: _json.TooDeep, task_type: str) -> None:
+        """Fail a polled task whose JSON is nested too deeply to decode (in the poll's thread);
+        if that fails too, the server's response timeout retries it."""
+        try:
+            task = task_from_wire(item.fields, task_type)
+        except (ValueError, TypeError) as exc:
+            log.warning("skipping a malformed task nested too deeply to decode: %s", exc)
+            return
+        reason = "task JSON is nested too deeply to decode (deeper than the parser's stack)"
+        result = task.result(TaskStatus.FAILED_WITH_TERMINAL_ERROR, reason=reason)
+        try:
+            self._request("POST", "/tasks", body=self._result_body(task, result))
+        except SourceError as exc:
+            log.warning("could not fail task %s (%s): %s", task.task_id, reason, exc)
+        else:
+            log.warning("failed task %s: %s", task.task_id, reason)
 
     async def report(self, task: Task, result: TaskResult, *, chain: bool = False) -> Task | None:
         """Deliver a result: ``update-v2`` when ``chain`` (the answer may be the next task),

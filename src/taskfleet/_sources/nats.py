@@ -8,6 +8,9 @@ Promises (``docs/reliability.md``, ``docs/sources.md``):
 - **Settling needs no message object.** Every ack is a plain publish to the task's ``handle``
   (the JetStream reply subject): ``+ACK``, ``-NAK {"delay": ns}``, ``+WPI``, ``+TERM``. Any process
   holding a :meth:`Task.slim` copy — the supervisor settling a dead child's task — can settle it.
+- **Hand-backs.** A task handed back unfinished by a drain (``base.HANDED_BACK``) is nak'd for
+  redelivery at once; on its last delivery a fresh copy is published instead (then the old one
+  acked), so a drain never dead-letters it.
 - **Retries.** A retryable failure with deliveries left is nak'd with exponential backoff
   (``retry_base * 2**(attempt-1)``, capped; ``TaskResult.retry_after`` wins) and *no* result is
   published: the results subject carries one final outcome per task, which is what
@@ -61,7 +64,7 @@ from .._nats.wire import (
     task_id_of,
 )
 from .._task import Task, TaskResult, TaskStatus
-from .base import PollRequest, TaskSource, WorkerBinding
+from .base import HANDED_BACK, PollRequest, TaskSource, WorkerBinding
 
 __all__ = ["NatsSource"]
 
@@ -395,6 +398,9 @@ class NatsSource(TaskSource):
             if left:
                 await self._settle(task.handle, nak_payload(result.callback_after_seconds))
                 return None
+            if result.exception == HANDED_BACK:
+                await self._republish(task)
+                return None
             reason = f"still in progress after {task.attempt} deliveries"
         elif status is TaskStatus.FAILED and left:
             delay = result.retry_after
@@ -410,6 +416,16 @@ class NatsSource(TaskSource):
         await self._publish_final(task, result, reason, terminal=status, kind=kind)
         await self._settle(task.handle, _TERM)
         return None
+
+    async def _republish(self, task: Task) -> None:
+        """A task handed back on its last delivery: a fresh copy goes to the stream (PubAck
+        awaited), then the old one is acked, so a drain does not dead-letter an unfinished
+        task."""
+        original, subject = await self._original(task)
+        headers = {"Nats-Msg-Id": f"{task.task_id}:{task.attempt}:handed-back"}
+        await self._publish(subject, original, headers)
+        await self._settle(task.handle, _ACK)
+        log.info("task %s handed back on its last delivery: published again", task.task_id)
 
     async def extend(self, tasks: Sequence[Task]) -> None:
         """Send ``+WPI`` for each task: JetStream restarts its ack clock.
