@@ -377,6 +377,12 @@ def _local_task(path: str, index: int, entry: Any, workers: Mapping[str, Worker]
         known = ", ".join(sorted(workers))
         what = "has no task_type" if task_type is None else f"unknown task type {task_type!r}"
         raise _usage(f"{where}: {what} (workers: {known})")
+    unknown = sorted(set(entry) - {"task_type", "input", "task_id"})
+    if unknown:
+        _err(
+            f"warning: {where}: unknown key(s) {', '.join(map(repr, unknown))} ignored"
+            " (the keys are task_type, input, task_id)"
+        )
     data = entry.get("input", {})
     if not isinstance(data, dict):
         raise _usage(f"{where}: input must be a JSON object")

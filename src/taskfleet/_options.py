@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Concatenate, NamedTuple, ParamSpec, TypeVar
 
@@ -30,6 +30,7 @@ __all__ = [
     "options_of",
     "set_option_defaults",
     "takes_options",
+    "unread_worker_variables",
 ]
 
 P = ParamSpec("P")
@@ -240,6 +241,37 @@ def options_from_env(
                 changes[option.name] = option.form.read(var, env[var])
                 break
     return dataclasses.replace(options, **changes) if changes else options
+
+
+def unread_worker_variables(env: Mapping[str, str], task_types: Iterable[str]) -> list[str]:
+    """A warning for each ``CONDUCTOR_WORKER_*`` variable no worker of the pool reads: an
+    unknown property, or a name that is no worker type of ``task_types``."""
+    task_types = sorted(task_types)
+    names = {name for task_type in task_types for name in _env_names(task_type)}
+    properties = {option.env for option in OPTIONS if option.env} | set(ENV_ALIASES)
+    by_length = sorted(properties | set(SDK_ONLY_PROPERTIES), key=len, reverse=True)
+    warnings = []
+    for var in sorted(env):
+        rest = var.removeprefix("CONDUCTOR_WORKER_")
+        if rest == var:
+            continue
+        prop = next((p for p in by_length if rest == p or rest.endswith("_" + p)), None)
+        name = rest[: -len(prop) - 1] if prop else ""
+        if prop is None:
+            warnings.append(
+                f"{var}: unknown worker property, ignored; the properties are "
+                + ", ".join(sorted(properties))
+            )
+        elif prop in SDK_ONLY_PROPERTIES:
+            warnings.append(f"{var}: ignored: {SDK_ONLY_PROPERTIES[prop]}")
+        elif not name:
+            warnings.append(f"{var}: ignored; for every worker type use CONDUCTOR_WORKER_ALL_{prop}")
+        elif name != "ALL" and name not in names:
+            warnings.append(
+                f"{var}: ignored: {name!r} is no worker type of this pool"
+                f" (CONDUCTOR_WORKER_<TYPE>_{prop} for {', '.join(task_types)})"
+            )
+    return warnings
 
 
 def options_of(obj: object) -> WorkerOptions:

@@ -41,7 +41,7 @@ from ._config import Configuration
 from ._control import HEARTBEAT, HELLO, LEAVING, STOP, ChildStatus
 from ._errors import ConfigurationError
 from ._ledger import Ledger, ledger_dir, unpack_task
-from ._options import WorkerOptions, options_from_env
+from ._options import WorkerOptions, options_from_env, unread_worker_variables
 from ._runner import EXIT_START_FAILED, ChildRecipe, child_main, time_limit_result
 from ._scratch import ScratchDir
 from ._sources import create_source
@@ -212,6 +212,8 @@ class TaskHandler:
             )
             for index in range(options.processes):
                 self._children.append(Child(worker, options, index))
+        #: logged once, at start-up
+        self._unread_variables = unread_worker_variables(environ, seen)
         self.hooks = tuple(hooks)
         self._install_signals = install_signal_handlers
         self._ctx = multiprocessing.get_context(self.config.resolved_start_method)
@@ -276,6 +278,8 @@ class TaskHandler:
             configure_logging(
                 self.config.log_level, self.config.log_format, secrets=secrets_of(self.config)
             )
+        for warning in self._unread_variables:
+            log.warning("%s", warning)
         try:
             self._check_picklable()
             self._scratch.append(ScratchDir("metrics"))

@@ -119,6 +119,17 @@ def test_local_accepts_a_file_path_and_an_attribute(tmp_path):
     assert 'COMPLETED  {"greeting":"Hello, Lin!"}' in done.stdout
 
 
+def test_local_warns_about_unknown_keys_in_the_tasks_file_naming_file_and_entry(tmp_path):
+    tasks = tmp_path / "tasks.json"
+    tasks.write_text(json.dumps([{"input": {"name": "Lin"}, "inputs": {}, "taskId": "x"}]))
+    done = taskfleet("local", "examples/quickstart/workers.py:greet", "--tasks", str(tasks))
+    assert done.returncode == cli.EXIT_OK, done.stderr
+    assert done.stderr.splitlines() == [
+        f"taskfleet: warning: {tasks}: task 1: unknown key(s) 'inputs', 'taskId' ignored"
+        " (the keys are task_type, input, task_id)"
+    ]
+
+
 def test_local_exits_1_and_prints_reasons_when_tasks_fail():
     done = taskfleet("local", EXAMPLE, "--tasks", "examples/quickstart/failing-tasks.json")
     assert done.returncode == cli.EXIT_TASKS_FAILED

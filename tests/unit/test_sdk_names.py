@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from taskfleet import ConfigurationError, Task, TaskHandler, WorkerInterface, _worker, worker_task
-from taskfleet._options import options_from_env
+from taskfleet._options import OPTIONS, options_from_env, unread_worker_variables
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from sdk_readme_workers import SimplePythonWorker
@@ -143,3 +143,27 @@ def test_import_modules_that_cannot_be_imported_fail_naming_the_module():
     with pytest.raises(ConfigurationError) as err:
         TaskHandler([SdkStyle("t")], import_modules=["no_such_workers_module"], env=CONFIG_ENV)
     assert str(err.value).startswith("import_modules: cannot import 'no_such_workers_module'")
+
+
+def test_worker_variables_no_worker_reads_are_warned_about_naming_the_known_properties():
+    env = {
+        "CONDUCTOR_WORKER_RESIZE_THREAD_COUNT": "4",  # read
+        "CONDUCTOR_WORKER_ALL_LEASE_EXTEND_ENABLED": "false",  # read
+        "CONDUCTOR_WORKER_RESIZE_THREADS": "4",
+        "CONDUCTOR_WORKER_RESIZ_THREAD_COUNT": "4",
+        "CONDUCTOR_WORKER_POLL_INTERVAL": "500",
+        "CONDUCTOR_WORKER_RESIZE_REGISTER_TASK_DEF": "true",
+        "PATH": "/bin",
+    }
+    assert unread_worker_variables(env, ["resize", "thumb"]) == [
+        "CONDUCTOR_WORKER_POLL_INTERVAL: ignored; for every worker type use"
+        " CONDUCTOR_WORKER_ALL_POLL_INTERVAL",
+        "CONDUCTOR_WORKER_RESIZE_REGISTER_TASK_DEF: ignored: taskfleet registers no task"
+        " definitions or schemas",
+        "CONDUCTOR_WORKER_RESIZE_THREADS: unknown worker property, ignored; the properties are "
+        + ", ".join(
+            sorted({o.env for o in OPTIONS if o.env} | {"LEASE_EXTEND_ENABLED", "POLLING_INTERVAL"})
+        ),
+        "CONDUCTOR_WORKER_RESIZ_THREAD_COUNT: ignored: 'RESIZ' is no worker type of this pool"
+        " (CONDUCTOR_WORKER_<TYPE>_THREAD_COUNT for resize, thumb)",
+    ]
