@@ -35,7 +35,7 @@ from types import FrameType, ModuleType
 from typing import IO, Any, NoReturn
 
 from . import _parsers as parsers
-from ._config import Configuration
+from ._config import Configuration, redact_url
 from ._errors import (
     AddressInUseError,
     ConfigurationError,
@@ -596,8 +596,11 @@ def cmd_nats_server(args: argparse.Namespace) -> int:
     (url,), lease = servers_for(config.replace(nats_url=""))
     assert lease is not None
     try:
-        note = f"embedded nats-server running (state {lease.dir}); Ctrl-C stops it"
-        _serve_until_stopped(url, note, lambda: True)
+        note = (
+            f"embedded nats-server running (state {lease.dir}; clients need the credentials in"
+            f" {lease.dir / 'credentials.json'}); Ctrl-C stops it"
+        )
+        _serve_until_stopped(redact_url(url), note, lambda: True)
     finally:
         lease.release()
     return EXIT_OK

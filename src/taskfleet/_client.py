@@ -27,7 +27,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from . import _json
-from ._config import Configuration
+from ._config import Configuration, redact_url
 from ._errors import ConfigurationError, DecodeError, SourceError, TaskfleetError
 from ._loop import BackgroundLoop, CallTimedOut
 from ._nats.connect import connect, ensure_streams
@@ -143,17 +143,17 @@ class TaskClient:
         self._watches: dict[str, Any] = {}
         self._lease: Any = None
         self._closed = False
-        #: the URL of the embedded server this client had to start because none was running
-        #: (so no pool on this machine uses that state directory right now), else ""
+        #: the (redacted) URL of the embedded server this client had to start because none was
+        #: running (so no pool on this machine uses that state directory right now), else ""
         self.started_server = ""
         servers, self._lease = servers_for(config)
         if self._lease is not None and self._lease.started:
-            self.started_server = servers[0]
+            self.started_server = redact_url(servers[0])
             log.warning(
                 "no embedded server was running for state directory %s: started one at %s;"
                 " tasks wait there until a pool with that state directory runs",
                 config.state_path,
-                servers[0],
+                self.started_server,
             )
         self._loop = BackgroundLoop("taskfleet-client")
         try:

@@ -11,7 +11,11 @@ decision, in files under ``<state_dir>/nats/``:
 - ``users.lock`` — every process using the server holds a *shared* ``flock`` on it for as long as
   it does. The kernel drops the lock when a process dies, even by SIGKILL, so the count is never
   stale.
-- ``jetstream/`` and ``nats-server.log`` — the server's file store and its log.
+- ``credentials.json`` — the user and password every client must present, made once per state
+  directory (random) and readable by its owner only; the server gets them in its own owner-only
+  ``nats-server.conf``. A client without them is refused, so other local users can neither read
+  nor inject tasks (``docs/deployment.md``, Security).
+- ``jetstream/`` and ``nats-server.log`` — the server's file store and its log (rotated by size).
 
 Lifetime: whoever comes first starts the server (in its own session, so a Ctrl-C meant for the
 foreground job does not kill it while workers drain); the *last* user to release it stops it —
@@ -26,6 +30,7 @@ import contextlib
 import fcntl
 import json
 import os
+import secrets
 import signal
 import socket
 import time
@@ -60,7 +65,8 @@ def servers_for(config: Configuration) -> tuple[list[str], EmbeddedNats | None]:
 class EmbeddedNats:
     """A lease on the machine's shared embedded server under ``state_path``.
 
-    ``acquire()`` returns the server's URL, starting the server when none runs; ``release()``
+    ``acquire()`` returns the server's URL with the state directory's credentials in it
+    (``nats://user:password@127.0.0.1:port``: log it only through ``redact_url``), starting the server when none runs; ``release()``
     gives the lease back and stops the server when no other process holds one. Also a context
     manager (``with EmbeddedNats(path) as url:``).
 
@@ -85,7 +91,7 @@ class EmbeddedNats:
         return self.dir / "server.json"
 
     def acquire(self) -> str:
-        """Join (or start) the shared server and return its URL. Idempotent."""
+        """Join (or start) the shared server and return its URL with credentials. Idempotent."""
         if self.url is not None:
             return self.url
         private_dir(self.dir.parent)  # the state directory
@@ -94,14 +100,19 @@ class EmbeddedNats:
             users = open(private_file(self.dir / "users.lock"), "a+b")  # noqa: SIM115 - held for the lease
             fcntl.flock(users, fcntl.LOCK_SH)
             try:
+                user, password = self._credentials()
                 url = self._running_url()
                 if url is None:
-                    self._server = self._start_server()
+                    self._server = self._start_server(user, password)
                     url = self._server.url
                     self._write_discovery(url, self._server.pid or 0)
             except BaseException:
                 users.close()
                 raise
+            parsed = urllib.parse.urlsplit(url)
+            url = urllib.parse.urlunsplit(
+                parsed._replace(netloc=f"{user}:{password}@{parsed.netloc}")
+            )
             self._users, self.url = users, url
         return url
 
@@ -141,7 +152,21 @@ class EmbeddedNats:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def _start_server(self) -> NatsServer:
+    def _credentials(self) -> tuple[str, str]:
+        """This state directory's user and password, made on first use (URL-safe characters)."""
+        path = self.dir / "credentials.json"
+        try:
+            data = json.loads(path.read_text())
+            return str(data["user"]), str(data["password"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        user, password = "taskfleet", secrets.token_hex(24)
+        tmp = private_file(path.with_suffix(".tmp"))
+        tmp.write_text(json.dumps({"user": user, "password": password}))
+        os.replace(tmp, path)
+        return user, password
+
+    def _start_server(self, user: str, password: str) -> NatsServer:
         """Start the server on the port this state directory's server had before, so the URL
         (and with it where spooled results belong) survives a restart; a port some other
         program took meanwhile costs a new one."""
@@ -150,12 +175,18 @@ class EmbeddedNats:
             port = int(port_file.read_text().strip())
         except (OSError, ValueError):
             port = -1
+
+        def start(port: int) -> NatsServer:
+            return NatsServer(
+                self.dir, port=port, user=user, password=password, ready_timeout=self.ready_timeout
+            ).start()
+
         try:
-            server = NatsServer(self.dir, port=port, ready_timeout=self.ready_timeout).start()
+            server = start(port)
         except NatsServerError:
             if port == -1:
                 raise
-            server = NatsServer(self.dir, ready_timeout=self.ready_timeout).start()
+            server = start(-1)
         if server.port != port:
             private_file(port_file).write_text(f"{server.port}\n")
         return server

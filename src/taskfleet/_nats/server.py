@@ -11,8 +11,8 @@ Nothing here is a broker of our own: the server is the real one, only started an
 from __future__ import annotations
 
 import contextlib
+import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -30,9 +30,14 @@ from .._private import private_dir, private_file
 
 __all__ = ["NatsCluster", "NatsServer", "NatsServerError", "find_nats_server"]
 
-_CLIENT_RE = re.compile(r"Listening for client connections on [^\s]*:(\d+)")
-_MONITOR_RE = re.compile(r"Starting http monitor on [^\s]*:(\d+)")
 _LOG_TAIL = 4000
+#: The server rotates ``nats-server.log`` at this size and keeps :data:`LOG_FILES` files in all,
+#: so a server refusing connections for months (each refusal is a log line) fills no disk.
+LOG_SIZE_LIMIT = 10 * 1024 * 1024
+LOG_FILES = 3
+#: Environment variables nats-server inherits; the rest of the parent's (which may hold
+#: credentials) stays out of it.
+_ENV_KEPT = ("PATH", "TZ")
 
 
 class NatsServerError(TaskfleetError):
@@ -87,6 +92,9 @@ class NatsServer:
         binary: the executable; default :func:`find_nats_server`.
         new_session: start the server in its own session so a Ctrl-C meant for the foreground
             process group does not kill it while workers are still draining results into it.
+        user, password: clients must present these (``nats://user:password@host:port``); they
+            reach the server through its configuration file (owner-only), never its command
+            line, which any local user can read.
     """
 
     def __init__(
@@ -102,6 +110,8 @@ class NatsServer:
         ready_timeout: float = 10.0,
         binary: str | None = None,
         new_session: bool = True,
+        user: str = "",
+        password: str = "",
     ) -> None:
         self.store_dir = Path(store_dir)
         self.host = host
@@ -113,6 +123,8 @@ class NatsServer:
         self.ready_timeout = ready_timeout
         self.binary = binary
         self.new_session = new_session
+        self.user = user
+        self.password = password
         self.port: int | None = None
         self.monitor_port: int | None = None
         self._process: subprocess.Popen[bytes] | None = None
@@ -143,12 +155,18 @@ class NatsServer:
     def log_path(self) -> Path:
         return self.store_dir / "nats-server.log"
 
+    @property
+    def config_path(self) -> Path:
+        return self.store_dir / "nats-server.conf"
+
     # -- lifecycle --------------------------------------------------------------------------
 
     def command(self) -> list[str]:
         """The command line :meth:`start` runs."""
         cmd = [
             self.binary or find_nats_server(),
+            "-c",
+            str(self.config_path),
             "-a",
             self.host,
             "-p",
@@ -184,7 +202,12 @@ class NatsServer:
             self.requested_port = self.port
         self.port = self.monitor_port = None
         private_dir(self.store_dir)
+        for stale in self.store_dir.glob("*.ports"):  # left by a server killed with -9
+            stale.unlink(missing_ok=True)
+        self._write_config()
         # Logs go to a file, not a pipe: a pipe nobody drains would block the server once full.
+        # The server writes (and rotates) the file itself; what it says before its logger is
+        # set up (a bad configuration) arrives on stderr, appended to the same file.
         with open(private_file(self.log_path), "ab") as log:
             self._log_offset = log.tell()
             self._process = subprocess.Popen(
@@ -194,6 +217,7 @@ class NatsServer:
                 stderr=log,
                 start_new_session=self.new_session,
                 umask=0o077,  # its store holds task inputs and results: owner only
+                env={k: os.environ[k] for k in _ENV_KEPT if k in os.environ},
             )
         if wait:
             self.wait_ready()
@@ -249,11 +273,16 @@ class NatsServer:
             process.wait()
 
     def log_tail(self, limit: int = _LOG_TAIL) -> str:
+        """The last ``limit`` bytes this run wrote to the log (read from the end, not whole)."""
         try:
-            text = self.log_path.read_bytes()[self._log_offset :]
+            with open(self.log_path, "rb") as log:
+                size = log.seek(0, os.SEEK_END)
+                start = self._log_offset if size >= self._log_offset else 0  # rotated since
+                log.seek(max(start, size - limit))
+                text = log.read(limit)
         except OSError:
             return "(no log)"
-        return text[-limit:].decode("utf-8", "replace")
+        return text.decode("utf-8", "replace")
 
     def __enter__(self) -> NatsServer:
         return self.start()
@@ -272,15 +301,39 @@ class NatsServer:
 
     # -- internals --------------------------------------------------------------------------
 
+    def _write_config(self) -> None:
+        """The configuration file: credentials, the bounded log and where to write the ports."""
+        lines = [
+            f"log_file: {_quote(self.log_path)}",
+            f"logfile_size_limit: {LOG_SIZE_LIMIT}",
+            f"logfile_max_num: {LOG_FILES}",
+            f"ports_file_dir: {_quote(self.store_dir)}",
+        ]
+        if self.user:
+            lines += [
+                "authorization {",
+                f"  user: {_quote(self.user)}",
+                f"  password: {_quote(self.password)}",
+                "}",
+            ]
+        tmp = private_file(self.config_path.with_suffix(".tmp"))
+        tmp.write_text("\n".join(lines) + "\n")
+        os.replace(tmp, self.config_path)
+
     def _parse_ports(self) -> None:
+        """Read the ports the server chose from the small JSON file it writes once it listens."""
         if self.port is not None and self.monitor_port is not None:
             return
-        text = self.log_tail(limit=1 << 20)
-        client, monitor = _CLIENT_RE.search(text), _MONITOR_RE.search(text)
-        if client:
-            self.port = int(client.group(1))
-        if monitor:
-            self.monitor_port = int(monitor.group(1))
+        if self.pid is None:
+            return
+        for path in self.store_dir.glob(f"*_{self.pid}.ports"):
+            try:
+                ports = json.loads(path.read_text())
+                client, monitor = ports["nats"][0], ports["monitoring"][0]
+                self.port = int(client.rsplit(":", 1)[1])
+                self.monitor_port = int(monitor.rsplit(":", 1)[1])
+            except (OSError, ValueError, KeyError, IndexError, TypeError):
+                continue  # being written: read it again on the next turn
 
     def _healthy(self) -> bool:
         if self.monitor_port is None:
@@ -291,6 +344,11 @@ class NatsServer:
                 return bool(response.status == 200)
         except OSError:
             return False
+
+
+def _quote(value: object) -> str:
+    """A double-quoted string of the server's configuration format (JSON's escapes)."""
+    return json.dumps(str(value))
 
 
 class NatsCluster:

@@ -23,8 +23,13 @@ Promises (``docs/reliability.md``, ``docs/sources.md``):
 - **Nothing is stranded.** A task whose *last* delivery runs out its ack wait (the worker and
   its supervisor both lost) would stay in the work-queue stream forever. JetStream announces it
   with a MAX_DELIVERIES advisory; the process that ran :meth:`NatsSource.prepare` (the
-  supervisor) listens for those in a queue group — one handler per advisory across machines —
-  and dead-letters the task (FAILED result, dead copy) before deleting it from the stream.
+  supervisor) listens for those of its own consumers, in one queue group per consumer — one
+  handler per advisory across machines — and dead-letters the task (FAILED result, dead copy)
+  before deleting it from the stream. An advisory is a claim anyone allowed to publish could
+  forge: it is acted on only once the consumer confirms it (the task is still in the stream,
+  delivered, yet at or below the consumer's ack floor or with nothing pending: given up);
+  until then it is checked again every :data:`ADVISORY_RECHECK` seconds, and dropped when the
+  task leaves the stream.
 - **Pipelines.** A COMPLETED task with an output subject (on the task, or the worker binding's)
   has its output published there as a new Task (PubAck awaited, de-duplicated by id) before
   its input is acked.
@@ -75,6 +80,10 @@ _PROGRESS = b"+WPI"
 _TERM = b"+TERM"
 #: Seconds to wait for a PubAck or a JetStream API answer.
 API_TIMEOUT = 5.0
+#: Seconds between checks of max-deliveries advisories their consumer does not confirm yet.
+ADVISORY_RECHECK = 2.0
+#: Unconfirmed advisories remembered at most (forged ones cost no more memory than this).
+ADVISORY_BACKLOG = 10_000
 #: JetStream's err_code for a message over the stream's max_msg_size (never accepted).
 ERR_MESSAGE_TOO_LARGE = 10054
 
@@ -125,7 +134,10 @@ class NatsSource(TaskSource):
         self._subs: dict[str, Any] = {}
         self._max_deliver: dict[str, int] = {}
         self._output_subjects: dict[str, str] = {}
-        self._advisories: Any = None
+        self._advisories: dict[str, Any] = {}  # consumer -> its advisory subscription
+        self._types_of: dict[str, str] = {}  # consumer -> task type
+        self._unconfirmed: dict[int, tuple[str, int]] = {}  # stream seq -> (consumer, deliveries)
+        self._recheck: asyncio.Task[None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -182,35 +194,66 @@ class NatsSource(TaskSource):
                     retryable=error_code(exc) is None,
                 ) from None
             self._max_deliver[durable] = max_deliver
+            self._types_of[durable] = binding.task_type
             if binding.output_subject:
                 self._output_subjects[binding.task_type] = binding.output_subject
         await self._watch_exhausted()
 
     async def _watch_exhausted(self) -> None:
-        if self._advisories is not None:
-            return
         stream = self.subjects.tasks_stream
-        try:
-            self._advisories = await self._require_nc().subscribe(
-                f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.*",
-                queue=f"{stream}_exhausted",
-                cb=self._on_exhausted,
-            )
-        except Exception as exc:
-            raise SourceError(f"cannot watch max-delivery advisories: {exc}") from None
+        for durable in self._types_of:
+            if durable in self._advisories:
+                continue
+            try:
+                self._advisories[durable] = await self._require_nc().subscribe(
+                    f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{durable}",
+                    queue=f"{stream}_{durable}_exhausted",
+                    cb=self._on_exhausted,
+                )
+            except Exception as exc:
+                raise SourceError(f"cannot watch max-delivery advisories: {exc}") from None
 
     async def _on_exhausted(self, msg: Any) -> None:
-        """Dead-letter a task stranded after its last delivery; logged, never raised."""
-        stream = self.subjects.tasks_stream
+        """Check an advisory names this pool's consumer and its last delivery, then dead-letter
+        the task once the consumer confirms it is stranded; logged, never raised."""
+        durable = str(msg.subject).rpartition(".")[2]
         try:
             advisory = json.loads(msg.data)
             seq, deliveries = int(advisory["stream_seq"]), int(advisory.get("deliveries", 0))
+            if (
+                advisory.get("stream") != self.subjects.tasks_stream
+                or advisory.get("consumer") != durable
+                or durable not in self._types_of
+                or deliveries < self._max_deliver[durable]
+            ):
+                raise ValueError("not about a last delivery of this pool's consumer")
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("ignored a max-deliveries advisory on %s: %s", msg.subject, exc)
+            return
+        await self._dead_letter_stranded(durable, seq, deliveries)
+
+    async def _dead_letter_stranded(self, durable: str, seq: int, deliveries: int) -> None:
+        stream = self.subjects.tasks_stream
+        self._unconfirmed.pop(seq, None)
+        try:
+            js = self._require_js()
+            info = await js.consumer_info(stream, durable)
+            given_up = info.ack_floor.stream_seq >= seq or (
+                not info.num_ack_pending and info.delivered.stream_seq >= seq
+            )
+            if not given_up:
+                # Maybe pending for the consumer (a live task, or an older one before it is):
+                # not given up, whatever the advisory says. Checked again later.
+                self._remember(seq, durable, deliveries)
+                return
             try:
-                raw = await self._require_js().get_msg(stream, seq)
+                raw = await js.get_msg(stream, seq)
             except Exception:
                 return  # already settled (a late ack or term): nothing is stranded
+            task_type = self._types_of[durable]
+            if str(raw.subject) != self.subjects.task(task_type):
+                return  # another consumer's task
             data = bytes(raw.data or b"")
-            task_type = self.subjects.type_of_task_subject(str(raw.subject))
             try:
                 task_id = decode_task(data).id
             except DecodeError:
@@ -222,10 +265,28 @@ class NatsSource(TaskSource):
             await self._publish_final(
                 task, TaskResult(task_id), reason, original=data, kind="stranded"
             )
-            await self._require_js().delete_msg(stream, seq)
+            await js.delete_msg(stream, seq)
             log.warning("dead-lettered stranded task %s (%s): %s", task_id, task_type, reason)
         except Exception as exc:
             log.warning("could not dead-letter a stranded task of %s: %s", stream, exc)
+            self._remember(seq, durable, deliveries)
+
+    def _remember(self, seq: int, durable: str, deliveries: int) -> None:
+        """Check the advisory again later (up to ADVISORY_BACKLOG of them)."""
+        if self._nc is None:
+            return
+        if len(self._unconfirmed) >= ADVISORY_BACKLOG:
+            log.warning("%d max-deliveries advisories unconfirmed: dropped one", ADVISORY_BACKLOG)
+            return
+        self._unconfirmed[seq] = (durable, deliveries)
+        if self._recheck is None or self._recheck.done():
+            self._recheck = asyncio.get_running_loop().create_task(self._recheck_stranded())
+
+    async def _recheck_stranded(self) -> None:
+        while self._unconfirmed and self._nc is not None:
+            await asyncio.sleep(ADVISORY_RECHECK)
+            for seq, (durable, deliveries) in list(self._unconfirmed.items()):
+                await self._dead_letter_stranded(durable, seq, deliveries)
 
     def worker_config(self, config: Configuration) -> Configuration:
         """With the embedded server, its URL: worker processes use the server this source
@@ -248,8 +309,11 @@ class NatsSource(TaskSource):
         """Unsubscribe, drain and disconnect; release the embedded server. Safe to call twice."""
         nc, self._nc, self._js = self._nc, None, None
         subs, self._subs = self._subs, {}
-        if self._advisories is not None:
-            subs["$advisories"], self._advisories = self._advisories, None
+        for durable, advisories in self._advisories.items():
+            subs[f"$advisories {durable}"] = advisories
+        self._advisories, self._unconfirmed = {}, {}
+        if self._recheck is not None:
+            self._recheck.cancel()
         if nc is not None:
             # An open pull subscription makes drain() hang for drain_timeout: unsubscribe first.
             for sub in subs.values():
