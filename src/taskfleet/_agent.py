@@ -3,7 +3,10 @@
 The supervisor reports the in-flight tasks of dead worker processes, hands back unfinished tasks
 at the end of a drain, extends leases of long tasks (so a handler that holds the GIL cannot
 starve them), and delivers spooled results of task types no process is flushing. All of it goes
-through this agent, whose methods are safe to call from any thread.
+through this agent, whose methods are safe to call from any thread. Every outcome it reports
+reaches the pool's hooks as well (``after_execute``, ``before_report``, ``after_report`` on a hook
+thread), as does a dead letter its source decides by itself, so whoever tracks tasks sees an end
+to every task that started.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any, TypeVar
 from . import _metrics as metrics
 from ._delivery import Delivery
 from ._errors import SourceError
+from ._hookrun import HookRunner
 from ._loop import BackgroundLoop
 from ._sources.base import TaskSource, WorkerBinding
 from ._spool import Spool
@@ -30,10 +34,13 @@ T = TypeVar("T")
 
 
 class SourceAgent:
-    """Runs ``source`` on a private event loop thread."""
+    """Runs ``source`` on a private event loop thread; ``hooks`` hear of what it reports."""
 
-    def __init__(self, source: TaskSource) -> None:
+    def __init__(self, source: TaskSource, hooks: HookRunner | None = None) -> None:
         self.source = source
+        self.hooks = hooks if hooks else None
+        if self.hooks is not None:
+            source.on_outcome = self.hooks.outcome
         #: the spool this agent delivers to and from (set by :meth:`start`)
         self.spool: Spool | None = None
         self.delivery = Delivery(source, None)
@@ -84,8 +91,21 @@ class SourceAgent:
             self.delivery = Delivery(self.source, self.spool)
 
     def report(self, task: Task, result: TaskResult) -> Future[Any]:
-        """Deliver ``result`` for ``task`` (retries, then the spool), in the background."""
-        return self.submit(self.delivery.deliver(task, result, chain=False))
+        """Deliver ``result`` for ``task`` (retries, then the spool), in the background; then
+        tell the hooks."""
+
+        async def go() -> None:
+            error: BaseException | None = None
+            try:
+                await self.delivery.deliver(task, result, chain=False)
+            except Exception as exc:
+                error = exc
+                raise
+            finally:
+                if self.hooks is not None:
+                    self.hooks.outcome(task, result, error)
+
+        return self.submit(go())
 
     def extend(self, tasks: Sequence[Task]) -> Future[Any]:
         async def go() -> None:
@@ -134,3 +154,5 @@ class SourceAgent:
         self._loop.stop(timeout=5)
         if self.spool is not None:
             self.spool.close()
+        if self.hooks is not None:
+            self.hooks.close()

@@ -80,6 +80,8 @@ class TaskOutcome:
     attempt: int = 0
     start_time: int = 0
     end_time: int = 0
+    #: the task's correlation id ("" when it had none)
+    correlation_id: str = ""
 
     @property
     def ok(self) -> bool:
@@ -113,6 +115,7 @@ class TaskOutcome:
             attempt=message.attempt,
             start_time=message.start_time_ms,
             end_time=message.end_time_ms,
+            correlation_id=message.correlation_id,
         )
 
 

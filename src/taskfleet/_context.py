@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
+from typing import Any
 
 from ._errors import TaskfleetError
 from ._task import Task, TaskLog
@@ -22,6 +23,9 @@ class TaskContext:
     task: Task
     worker_id: str = ""
     logs: list[TaskLog] = field(default_factory=list)
+    #: what :meth:`attach` collected, copied onto the task's result
+    details: dict[str, Any] = field(default_factory=dict)
+    message: str | None = None
 
     @property
     def task_id(self) -> str:
@@ -51,6 +55,14 @@ class TaskContext:
     @property
     def attempt(self) -> int:
         return self.task.attempt
+
+    def attach(self, message: str | None = None, **details: Any) -> None:
+        """Attach a message and data to this task's outcome, for whoever tracks tasks: event
+        hooks find them on the result as ``result.message`` and ``result.details`` (a later
+        call adds to the details and replaces the message). They do not go to the server."""
+        if message is not None:
+            self.message = str(message)
+        self.details.update(details)
 
     def add_log(self, message: str) -> None:
         """Attach a log line to the task's result (Conductor shows it with the task)."""

@@ -44,6 +44,7 @@ from ._context import TaskContext, task_context
 from ._control import ChildStatus, ControlClient
 from ._delivery import Delivery
 from ._errors import ConfigurationError, SourceError
+from ._hookrun import HookRunner
 from ._ledger import Ledger, pack_task
 from ._logs import redact, redact_result
 from ._options import WorkerOptions
@@ -53,7 +54,6 @@ from ._spool import Spool
 from ._task import Task, TaskResult, TaskStatus
 from ._threads import LoopThreads
 from ._worker import Worker
-from .hooks import call_hooks
 
 __all__ = ["ChildRecipe", "Runner", "child_main"]
 
@@ -142,6 +142,10 @@ class Runner:
         self.worker_id = self.options.identity
         self.task_type = worker.task_type
         self.slots = self.options.threads
+        #: runs the hooks off the loop (falsy without hooks; see ``_hookrun.py``)
+        self._hooks = HookRunner(self.hooks, self.slots, f"tf-{self.task_type}", self.worker_id)
+        if self.hooks:
+            source.on_outcome = self._hooks.outcome
         #: stop after this many tasks (0: never); used by `taskfleet local` and tests
         self.max_tasks = max_tasks or self.options.max_tasks_per_child
         self.stop_reason = ""
@@ -190,8 +194,14 @@ class Runner:
     # -- hooks --------------------------------------------------------------------------------
 
     def _hook(self, name: str, *args: Any) -> None:
-        if self.hooks:
-            call_hooks(self.hooks, name, *args)
+        """A poll hook, on the hooks' thread: the poll loop does not wait for it."""
+        if self._hooks:
+            self._hooks.poll_event(name, *args)
+
+    async def _task_hook(self, name: str, task: Task, *args: Any) -> None:
+        """A task's hook, off the loop with the task's context; only this task waits for it."""
+        if self._hooks:
+            await self._hooks.task_event(name, task, *args)
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -220,6 +230,9 @@ class Runner:
                 await asyncio.wait(list(self._running.values()))
             await self._flush_spool_quietly()
         finally:
+            if self._hooks:
+                # Every event given so far reaches the hooks before the process goes.
+                await asyncio.get_running_loop().run_in_executor(None, self._hooks.close)
             heartbeat.cancel()
             if flusher is not None:
                 flusher.cancel()
@@ -461,7 +474,7 @@ class Runner:
                 # does not take a chained task it would have to run first.
                 recycle = self._recycle_reason(completed)
                 chain = not self._stopping and not self.options.paused and not recycle
-                self._hook("before_report", task, result)
+                await self._task_hook("before_report", task, result)
                 error: BaseException | None = None
                 next_task: Task | None = None
                 try:
@@ -469,7 +482,7 @@ class Runner:
                 except Exception as exc:  # a bug in a source must not leave the slot hanging
                     error = exc
                     log.exception("%s: reporting task %s failed", self.task_type, task.task_id)
-                self._hook("after_report", task, result, error)
+                await self._task_hook("after_report", task, result, error)
                 if self._ledger is not None:
                     self._ledger.clear(record)
                 if recycle:
@@ -540,7 +553,7 @@ class Runner:
         return self._announce([next_task], [record])[0]
 
     async def _execute(self, task: Task) -> TaskResult:
-        self._hook("before_execute", task)
+        await self._task_hook("before_execute", task)
         ctx = TaskContext(task, self.worker_id)
         started = time.monotonic()
         try:
@@ -562,7 +575,7 @@ class Runner:
         except BaseException as exc:
             result = result_from_exception(task, exc, self.worker_id)
         self._executed(task, result, ctx, started)
-        self._hook("after_execute", task, result)
+        await self._task_hook("after_execute", task, result)
         return result
 
     def _execute_blocking(self, task: Task) -> TaskResult:
@@ -576,6 +589,9 @@ class Runner:
     def _executed(self, task: Task, result: TaskResult, ctx: TaskContext, started: float) -> None:
         if ctx.logs:
             result.logs[:0] = ctx.logs
+        if ctx.details or ctx.message is not None:
+            result.details = {**ctx.details, **result.details}
+            result.message = result.message if result.message is not None else ctx.message
         if result.reason_for_incompletion or result.logs:
             redact_result(result)  # both leave the process: to the server, into results
         duration = time.monotonic() - started

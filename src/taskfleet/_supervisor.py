@@ -40,6 +40,7 @@ from ._backoff import restart_delay
 from ._config import Configuration
 from ._control import HEARTBEAT, HELLO, LEAVING, STOP, ChildStatus
 from ._errors import ConfigurationError
+from ._hookrun import HookRunner
 from ._ledger import Ledger, ledger_dir, unpack_task
 from ._options import WorkerOptions, options_from_env, unread_worker_variables
 from ._runner import EXIT_START_FAILED, ChildRecipe, child_main, time_limit_result
@@ -455,7 +456,8 @@ class TaskHandler:
 
     def _start_source(self) -> None:
         source = create_source(self.config)
-        self._agent = SourceAgent(source)
+        # One hook thread: the outcomes the supervisor reports reach the hooks in order.
+        self._agent = SourceAgent(source, HookRunner(self.hooks, 1, "taskfleet-supervisor"))
         self._agent.start(self._bindings(), self.config.state_path / "spool.sqlite3")
         self._spool = self._agent.spool
         # What the source resolved at start-up (NATS: the embedded server it acquired).

@@ -144,6 +144,11 @@ class TaskResult:
     retry_after: float | None = None
     #: Name of the exception class that failed the task (for metrics; never its message).
     exception: str | None = None
+    #: What the handler attached to its outcome for whoever tracks tasks (hooks), with
+    #: ``TaskContext.attach``; it does not go to the server.
+    details: dict[str, Any] = field(default_factory=dict)
+    #: A line for whoever tracks tasks (hooks), set with ``TaskContext.attach``.
+    message: str | None = None
 
     def output_json(self) -> bytes:
         """``output_data`` as compact UTF-8 JSON, the bytes that go on the wire.

@@ -16,11 +16,18 @@ Rules, the same for every hook (they are :func:`call_hooks`'s promise):
 * **Never fatal.** An exception raised by a hook is logged (logger ``taskfleet.hooks``, with its
   traceback) and the remaining hooks still run; the task goes on as if the hook had returned.
   Hooks cannot change results or veto work: that keeps a buggy reporter from failing tasks.
-* **Where they run.** In the worker process, on the thread that runs the event: execute hooks on
-  the task's execution slot (so :func:`taskfleet.get_task_context` works there), poll
-  and report hooks on the runner's loop. A slow hook slows that slot; keep them quick or hand work
-  to a queue. Hooks objects are pickled into each worker process, so build network clients lazily
-  in the process, not in ``__init__``.
+* **Where they run.** In the worker process, off its event loop (``_hookrun.py``): a task's
+  hooks on a hook thread with the task's context set (so :func:`taskfleet.get_task_context`
+  works there), awaited by that task's slot alone, so a slow hook delays only its own task;
+  poll hooks in order on a thread of their own, not awaited. Hooks objects are pickled into
+  each worker process, so build network clients lazily in the process, not in ``__init__``.
+* **Every started task ends.** Outcomes the supervisor reports instead of a worker process
+  (crash, hard time limit, hand-back at the end of a drain) and dead letters a source decides
+  alone reach ``after_execute``, ``before_report`` and ``after_report`` in the supervisor's
+  process, with a task that has no input (``result.exception``: ``WorkerLost``,
+  ``TimeLimitExceeded``, ``DeadLetter``).
+* **Closing.** A hooks object's optional ``close()`` is called once when its process stops,
+  after every event reached the hooks.
 """
 
 from __future__ import annotations

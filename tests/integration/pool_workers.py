@@ -7,7 +7,7 @@ import os
 import signal
 import time
 
-from taskfleet import Task, add_log, worker_task
+from taskfleet import Task, add_log, get_task_context, worker_task
 
 
 @worker_task("square", threads=2, processes=2, poll_interval=20)
@@ -74,3 +74,29 @@ def chatty(x: int) -> dict:
     logging.getLogger("shop.billing").info("charging order %d", x)
     logging.getLogger("shop.billing").warning("order %d is large", x)
     return {"x": x}
+
+
+@worker_task("tracked", threads=2, poll_interval=20)
+def tracked(x: int, crash: bool = False, hold: str = "") -> dict:
+    if crash:
+        os.kill(os.getpid(), signal.SIGSEGV)
+    get_task_context().attach(message=f"row {x} done", rows=x)
+    if x < 0:
+        raise ValueError(f"negative row {x}")
+    return {"x": x}
+
+
+@worker_task("tracked_async", threads=2, poll_interval=20)
+async def tracked_async(x: int, hold: str = "") -> dict:
+    get_task_context().attach(rows=x)
+    return {"x": x}
+
+
+class HoldingHook:
+    """A hook that blocks, after a task with a ``hold`` input ran, until that file exists."""
+
+    def after_execute(self, task: Task, result: object) -> None:
+        hold = task.input_data.get("hold")
+        deadline = time.monotonic() + 60
+        while hold and not os.path.exists(hold) and time.monotonic() < deadline:
+            time.sleep(0.05)

@@ -1,4 +1,7 @@
-"""The reporter example posts started/completed/failed events and never raises into the worker."""
+"""The reporter example's own rules, without a pool: retries, what it drops, what it masks.
+
+What it posts for real tasks, crashes included, and that nothing is lost while its endpoint is
+down, is tested through a real pool in tests/integration/test_status_stream.py."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import json
 import logging
 import pickle
 import socket
+import sqlite3
 import sys
 import threading
 from collections.abc import Iterator
@@ -18,8 +22,6 @@ from typing import Any
 import pytest
 
 from taskfleet import Task, TaskResult, TaskStatus
-from taskfleet._outcome import result_from_exception
-from taskfleet.hooks import call_hooks
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "reporter" / "reporter.py"
 
@@ -42,6 +44,7 @@ class Receiver:
     def __init__(self) -> None:
         self.posts: list[dict[str, Any]] = []
         self.status = 204
+        self.statuses: list[int] = []  # answered first, one per post, before ``status``
         self.release = threading.Event()  # set: answer at once; clear: hang until released
         self.release.set()
         receiver = self
@@ -52,7 +55,8 @@ class Receiver:
                 body = json.loads(self.rfile.read(length))
                 receiver.release.wait(timeout=10)
                 receiver.posts.append({"path": self.path, "headers": dict(self.headers), **body})
-                self.send_response(receiver.status)
+                code = receiver.statuses.pop(0) if receiver.statuses else receiver.status
+                self.send_response(code)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
@@ -81,99 +85,76 @@ def receiver() -> Iterator[Receiver]:
     server.close()
 
 
-def order_data(task: Task, result: TaskResult | None) -> dict[str, Any]:
-    return {"customer": task.input_data.get("customer"), "done": result is not None}
+TASK = Task("t-1", "resize", {"customer": "acme"}, correlation_id="order-1234")
 
 
-TASK = Task(
-    "t-1",
-    "resize",
-    {"customer": "acme"},
-    workflow_instance_id="wf-1",
-    correlation_id="order-1234",
-)
+def new_reporter(url: str, tmp_path: Path, **kwargs: Any) -> Any:
+    return reporter.HttpStatusReporter(
+        url, outbox=tmp_path / "outbox.sqlite3", max_backoff=0.2, flush_timeout=5, **kwargs
+    )
 
 
-def test_a_completed_task_posts_started_then_completed_with_custom_data(receiver):
-    hooks = [reporter.HttpStatusReporter(receiver.url, data=order_data)]
-    call_hooks(hooks, "before_execute", TASK)
-    call_hooks(hooks, "after_execute", TASK, TASK.result(TaskStatus.COMPLETED, {"path": "x"}))
-    started, completed = receiver.posts
-    assert started["event"] == "started"
-    assert completed["event"] == "completed"
-    for post in (started, completed):
-        assert post["path"] == "/status"
-        assert post["correlationId"] == "order-1234"
-        assert (post["taskId"], post["taskType"], post["workflowInstanceId"]) == (
-            "t-1",
-            "resize",
-            "wf-1",
-        )
-        assert post["headers"]["Content-Type"] == "application/json"
-    assert started["data"] == {"customer": "acme", "done": False}
-    assert completed["data"] == {"customer": "acme", "done": True}
-    assert completed["status"] == "COMPLETED"
+def outbox_size(tmp_path: Path) -> int:
+    with sqlite3.connect(tmp_path / "outbox.sqlite3") as db:
+        return int(db.execute("SELECT count(*) FROM outbox").fetchone()[0])
 
 
-def test_a_failed_task_posts_failed_with_the_reason_and_exception_class(receiver):
-    result = result_from_exception(TASK, ValueError("bad pixel"), "w-1")
-    reporter.HttpStatusReporter(receiver.url).after_execute(TASK, result)
-    (failed,) = receiver.posts
-    assert failed["event"] == "failed"
-    assert failed["status"] == "FAILED"
-    assert failed["exception"] == "ValueError"
-    assert "bad pixel" in failed["reason"]
+def test_a_task_without_correlation_id_is_keyed_by_its_task_id(receiver, tmp_path):
+    status = new_reporter(receiver.url, tmp_path, headers={"Authorization": "Bearer abc"})
+    status.before_execute(Task("t-2", "resize"))
+    status.close()
+    (post,) = receiver.posts
+    assert (post["event"], post["correlationId"]) == ("started", "t-2")
+    assert post["headers"]["Authorization"] == "Bearer abc"
+    assert outbox_size(tmp_path) == 0
 
 
-def test_a_task_without_correlation_id_is_keyed_by_its_task_id(receiver):
-    reporter.HttpStatusReporter(receiver.url).before_execute(Task("t-2", "resize"))
-    assert receiver.posts[0]["correlationId"] == "t-2"
+def test_a_5xx_is_retried_until_accepted_and_a_4xx_is_dropped(receiver, tmp_path, caplog):
+    receiver.statuses = [503, 503, 400]
+    status = new_reporter(receiver.url, tmp_path)
+    with caplog.at_level(logging.WARNING, logger="taskfleet.examples.reporter"):
+        status.before_execute(TASK)
+        status.close()
+    assert [p["event"] for p in receiver.posts] == ["started"] * 3
+    assert len({p["eventId"] for p in receiver.posts}) == 1, "the same event, retried"
+    assert "rejected an event: 400" in caplog.text
+    assert outbox_size(tmp_path) == 0
 
 
-def test_custom_headers_are_sent(receiver):
-    hooks = reporter.HttpStatusReporter(receiver.url, headers={"Authorization": "Bearer abc"})
-    hooks.before_execute(TASK)
-    assert receiver.posts[0]["headers"]["Authorization"] == "Bearer abc"
-
-
-def test_an_unreachable_endpoint_is_logged_not_raised(caplog):
+def test_an_unreachable_endpoint_keeps_the_event_and_masks_the_url(tmp_path, caplog):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    hooks = reporter.HttpStatusReporter(f"http://user:pw-123@127.0.0.1:{port}/status")
+    status = new_reporter(f"http://user:pw-123@127.0.0.1:{port}/status", tmp_path)
+    status.flush_timeout = 0.5
     with caplog.at_level(logging.WARNING, logger="taskfleet.examples.reporter"):
-        hooks.before_execute(TASK)
-    (record,) = caplog.records
-    assert "ConnectionError" in record.getMessage()
-    assert "pw-123" not in record.getMessage()
+        status.before_execute(TASK)
+        status.close()
+    assert "ConnectionError" in caplog.text
+    assert "pw-123" not in caplog.text
+    assert outbox_size(tmp_path) == 1, "kept for the next process to post"
 
 
-def test_a_hanging_endpoint_costs_at_most_the_timeout(receiver, caplog):
-    receiver.release.clear()
-    hooks = reporter.HttpStatusReporter(receiver.url, timeout=0.2)
-    with caplog.at_level(logging.WARNING, logger="taskfleet.examples.reporter"):
-        hooks.before_execute(TASK)
-    assert "ReadTimeout" in caplog.records[0].getMessage()
-
-
-def test_an_error_status_is_logged_not_raised(receiver, caplog):
-    receiver.status = 503
-    with caplog.at_level(logging.WARNING, logger="taskfleet.examples.reporter"):
-        reporter.HttpStatusReporter(receiver.url).before_execute(TASK)
-    assert "503" in caplog.records[0].getMessage()
-
-
-def test_a_broken_data_function_is_logged_not_raised(receiver, caplog):
+def test_a_broken_data_function_is_logged_not_raised(receiver, tmp_path, caplog):
     def broken(task: Task, result: TaskResult | None) -> dict[str, Any]:
         raise KeyError("customer")
 
     with caplog.at_level(logging.WARNING, logger="taskfleet.examples.reporter"):
-        reporter.HttpStatusReporter(receiver.url, data=broken).before_execute(TASK)
-    assert "KeyError" in caplog.records[0].getMessage()
-    assert receiver.posts == []
+        new_reporter(receiver.url, tmp_path, data=broken).before_execute(TASK)
+    assert "KeyError" in caplog.text
+    assert not (tmp_path / "outbox.sqlite3").exists(), "nothing recorded"
 
 
-def test_the_reporter_pickles_for_worker_processes(receiver):
-    copy = pickle.loads(pickle.dumps(reporter.HttpStatusReporter(receiver.url, data=order_data)))
-    copy.before_execute(TASK)
-    assert receiver.posts[0]["data"]["customer"] == "acme"
+def order_data(task: Task, result: TaskResult | None) -> dict[str, Any]:
+    return {"customer": task.input_data.get("customer")}
+
+
+def test_the_reporter_pickles_for_worker_processes(receiver, tmp_path):
+    status = new_reporter(receiver.url, tmp_path, data=order_data)
+    status.before_execute(TASK)  # starts this process's sender; a copy starts its own
+    copy = pickle.loads(pickle.dumps(status))
+    copy.after_execute(TASK, TASK.result(TaskStatus.COMPLETED))
+    copy.close()
+    status.close()
+    assert sorted(p["event"] for p in receiver.posts) == ["completed", "started"]
+    assert all(p["data"] == {"customer": "acme"} for p in receiver.posts)

@@ -286,6 +286,7 @@ def encode_result(
         attempt=task.attempt,
         start_time_ms=start_time_ms,
         end_time_ms=epoch_ms(),
+        correlation_id=task.correlation_id,
     )
     for entry in result.logs:
         message.logs.add(message=entry.log, created_time_ms=entry.created_time)

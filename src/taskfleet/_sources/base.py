@@ -15,7 +15,8 @@ Errors: transport exceptions never cross this boundary. A failed call raises
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -67,6 +68,19 @@ class TaskSource(abc.ABC):
     name: str = "source"
     #: True when :meth:`poll_blocking` and :meth:`report_blocking` work, from any thread.
     blocking: bool = False
+    #: Told of a final outcome the source decided by itself, outside any ``report`` (NATS: the
+    #: dead letter of an undecodable or stranded task), so that hooks see it too. Set by the
+    #: runner and the supervisor; called on the source's loop and must not block.
+    on_outcome: Callable[[Task, TaskResult], None] | None = None
+
+    def outcome_decided(self, task: Task, result: TaskResult) -> None:
+        """Pass an outcome the source decided by itself to :attr:`on_outcome`; never raises."""
+        listener = self.on_outcome
+        if listener is not None:
+            try:
+                listener(task, result)
+            except Exception:
+                logging.getLogger("taskfleet.source").exception("outcome listener failed")
 
     async def start(self) -> None:  # noqa: B027 - optional hook, empty by default
         """Open connections. Raises SourceError (or ConfigurationError) when that is impossible."""

@@ -267,6 +267,7 @@ class NatsSource(TaskSource):
             )
             await js.delete_msg(stream, seq)
             log.warning("dead-lettered stranded task %s (%s): %s", task_id, task_type, reason)
+            self.outcome_decided(task, dead_letter_result(task, reason))
         except Exception as exc:
             log.warning("could not dead-letter a stranded task of %s: %s", stream, exc)
             self._remember(seq, durable, deliveries)
@@ -417,6 +418,7 @@ class NatsSource(TaskSource):
             log.warning("could not dead-letter undecodable message %s: %s", task.task_id, err)
         else:
             log.warning("dead-lettered %s on %s: %s", task.task_id, msg.subject, reason)
+            self.outcome_decided(task, dead_letter_result(task, reason))
 
     async def _subscription(self, task_type: str) -> Any:
         sub = self._subs.get(task_type)
@@ -697,6 +699,13 @@ def _mb(size: int, *, exact: bool = False) -> str:
     """``2.0 MB`` (one decimal), or ``1 MB`` for a round limit (``exact``); MB = 2**20 bytes."""
     mb = size / (1 << 20)
     return f"{mb:g} MB" if exact else f"{mb:.1f} MB"
+
+
+def dead_letter_result(task: Task, reason: str) -> TaskResult:
+    """The outcome hooks see for a task the source dead-lettered without a handler's result."""
+    result = task.result(TaskStatus.FAILED_WITH_TERMINAL_ERROR, reason=reason)
+    result.exception = "DeadLetter"
+    return result
 
 
 async def _all(coroutines: Sequence[Any]) -> None:

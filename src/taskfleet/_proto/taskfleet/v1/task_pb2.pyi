@@ -46,7 +46,7 @@ class TaskLog(_message.Message):
     def __init__(self, message: _Optional[str] = ..., created_time_ms: _Optional[int] = ...) -> None: ...
 
 class TaskResult(_message.Message):
-    __slots__ = ("task_id", "task_type", "status", "output", "reason", "logs", "worker_id", "attempt", "start_time_ms", "end_time_ms")
+    __slots__ = ("task_id", "task_type", "status", "output", "reason", "logs", "worker_id", "attempt", "start_time_ms", "end_time_ms", "correlation_id")
     class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         UNSPECIFIED: _ClassVar[TaskResult.Status]
@@ -69,6 +69,7 @@ class TaskResult(_message.Message):
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     START_TIME_MS_FIELD_NUMBER: _ClassVar[int]
     END_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     task_type: str
     status: TaskResult.Status
@@ -79,4 +80,5 @@ class TaskResult(_message.Message):
     attempt: int
     start_time_ms: int
     end_time_ms: int
-    def __init__(self, task_id: _Optional[str] = ..., task_type: _Optional[str] = ..., status: _Optional[_Union[TaskResult.Status, str]] = ..., output: _Optional[bytes] = ..., reason: _Optional[str] = ..., logs: _Optional[_Iterable[_Union[TaskLog, _Mapping]]] = ..., worker_id: _Optional[str] = ..., attempt: _Optional[int] = ..., start_time_ms: _Optional[int] = ..., end_time_ms: _Optional[int] = ...) -> None: ...
+    correlation_id: str
+    def __init__(self, task_id: _Optional[str] = ..., task_type: _Optional[str] = ..., status: _Optional[_Union[TaskResult.Status, str]] = ..., output: _Optional[bytes] = ..., reason: _Optional[str] = ..., logs: _Optional[_Iterable[_Union[TaskLog, _Mapping]]] = ..., worker_id: _Optional[str] = ..., attempt: _Optional[int] = ..., start_time_ms: _Optional[int] = ..., end_time_ms: _Optional[int] = ..., correlation_id: _Optional[str] = ...) -> None: ...
