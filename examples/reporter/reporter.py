@@ -27,6 +27,7 @@ import random
 import sqlite3
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -35,10 +36,16 @@ from typing import Any
 import requests
 
 from taskfleet import Task, TaskResult, TaskStatus
-from taskfleet._config import redact_url
 from taskfleet.hooks import HookBase
 
 logger = logging.getLogger("taskfleet.examples.reporter")
+
+
+def _without_credentials(url: str) -> str:
+    """``url`` as logs may show it: any ``user:password@`` left out."""
+    parts = urllib.parse.urlsplit(url)
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+
 
 #: Builds extra fields for an event's ``data`` from the task and, after execution, its result.
 DataFunction = Callable[[Task, "TaskResult | None"], Mapping[str, Any]]
@@ -244,16 +251,22 @@ class _Sender:
         except Exception as exc:
             # The class name only: messages of connection errors repeat the URL, which may
             # hold credentials. The traceback is there at debug level for whoever needs it.
-            logger.warning("status post to %s failed: %s", redact_url(r.url), type(exc).__name__)
+            logger.warning(
+                "status post to %s failed: %s", _without_credentials(r.url), type(exc).__name__
+            )
             logger.debug("status post failed", exc_info=True)
             return False
         code = response.status_code
         if code < 300:
             return True
         if 400 <= code < 500 and code not in (408, 429):
-            logger.warning("status endpoint %s rejected an event: %d", redact_url(r.url), code)
+            logger.warning(
+                "status endpoint %s rejected an event: %d", _without_credentials(r.url), code
+            )
             return True
-        logger.warning("status endpoint %s answered %d; retrying", redact_url(r.url), code)
+        logger.warning(
+            "status endpoint %s answered %d; retrying", _without_credentials(r.url), code
+        )
         return False
 
     def _claim(self, limit: int) -> list[tuple[int, str]]:
