@@ -5,7 +5,7 @@ The public API is what this module exports; implementation modules are private b
 
 from typing import TYPE_CHECKING
 
-from ._config import AuthenticationSettings, Configuration
+from ._config import AuthenticationSettings, Configuration, MetricsSettings
 from ._context import TaskContext, add_log, get_task_context
 from ._errors import (
     AddressInUseError,
@@ -89,6 +89,7 @@ __all__ = [
     # configuration
     "AuthenticationSettings",
     "Configuration",
+    "MetricsSettings",
     # errors
     "AddressInUseError",
     "ConfigurationError",

@@ -36,11 +36,10 @@ from ._errors import AddressInUseError, ConfigurationError
 if TYPE_CHECKING:
     from ._supervisor import TaskHandler
 
-__all__ = ["AdminServer", "render_metrics"]
+__all__ = ["AdminServer", "Textfile", "render_metrics"]
 
 log = logging.getLogger("taskfleet.admin")
 
-TEXTFILE_EVERY = 15.0
 #: Seconds a connection may stay silent (or a client take to read an answer) before it is closed.
 REQUEST_TIMEOUT = 10.0
 #: Connections served at once; one more is answered 503 and closed, so idle clients cannot pin
@@ -256,14 +255,12 @@ def _is_default_address(config: Configuration) -> bool:
 
 
 class AdminServer:
-    """Serves the endpoint on a daemon thread; ``periodic()`` writes the optional textfile."""
+    """Serves the endpoint on a daemon thread."""
 
     def __init__(self, pool: TaskHandler, config: Configuration) -> None:
         self._server = _listen(config)
         self._server.pool = pool
         self._server.token = config.metrics_token
-        self._textfile = config.metrics_textfile
-        self._next_textfile = 0.0
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="taskfleet-http", daemon=True
         )
@@ -281,37 +278,45 @@ class AdminServer:
                 self.url,
             )
 
-    def periodic(self, now: float) -> None:
-        if self._textfile and now >= self._next_textfile:
-            self._next_textfile = now + TEXTFILE_EVERY
-            self.write_textfile()
+    def stop(self) -> None:
+        if self._thread.is_alive():  # shutdown() would wait forever for a loop never started
+            self._server.shutdown()
+            self._thread.join(timeout=5)
+        self._server.server_close()
 
-    def write_textfile(self) -> None:
-        """Write the metrics for node-exporter's textfile collector (atomically, via rename).
+
+class Textfile:
+    """The pool's metrics rewritten every ``interval`` seconds at ``path``, for node-exporter's
+    textfile collector, whether or not the HTTP endpoint is on (docs/deployment.md)."""
+
+    def __init__(self, path: str, interval: float) -> None:
+        self.path = path
+        self.interval = interval
+        self._next = 0.0
+
+    def periodic(self, now: float) -> None:
+        if now >= self._next:
+            self._next = now + self.interval
+            self.write()
+
+    def write(self) -> None:
+        """Write the metrics atomically, via rename.
 
         The temporary file has an unpredictable name and is created exclusively, so a link
         planted beside the textfile cannot redirect the write; the rename replaces a link at the
         textfile's own path instead of following it.
         """
         body, _ = render_metrics()
-        directory, name = os.path.split(os.path.abspath(self._textfile))
+        directory, name = os.path.split(os.path.abspath(self.path))
         tmp = ""
         try:
             fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
             with open(fd, "wb") as f:
                 os.fchmod(f.fileno(), 0o644)  # read by node-exporter, usually another user
                 f.write(body)
-            os.replace(tmp, self._textfile)
+            os.replace(tmp, self.path)
         except OSError as exc:
-            log.warning("cannot write metrics textfile %s: %s", self._textfile, exc)
+            log.warning("cannot write metrics textfile %s: %s", self.path, exc)
             if tmp:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
-
-    def stop(self) -> None:
-        if self._textfile:
-            self.write_textfile()
-        if self._thread.is_alive():  # shutdown() would wait forever for a loop never started
-            self._server.shutdown()
-            self._thread.join(timeout=5)
-        self._server.server_close()

@@ -21,7 +21,7 @@ from typing import Any
 from . import _parsers as parsers
 from ._errors import ConfigurationError
 
-__all__ = ["SETTINGS", "AuthenticationSettings", "Configuration"]
+__all__ = ["SETTINGS", "AuthenticationSettings", "Configuration", "MetricsSettings"]
 
 
 def _state_home() -> str:
@@ -58,6 +58,33 @@ class AuthenticationSettings:
 
     key_id: str
     key_secret: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """The Conductor Python SDK's metrics file settings, for ``TaskHandler(metrics_settings=)``:
+    the pool's metrics are rewritten every ``update_interval`` seconds at
+    ``directory/file_name`` (``TASKFLEET_METRICS_TEXTFILE`` and
+    ``TASKFLEET_METRICS_TEXTFILE_INTERVAL``; docs/migrating-from-conductor-python.md). The
+    directory defaults to the state directory. With ``http_port`` the metrics are served on
+    ``127.0.0.1:<http_port>`` instead."""
+
+    directory: str | None = None
+    file_name: str = "metrics.log"
+    update_interval: float = 0.1
+    #: as the SDK's: the metrics served over HTTP on this port (of 127.0.0.1), no file
+    http_port: int | None = None
+
+    def apply(self, config: Configuration) -> Configuration:
+        """``config`` with these settings as its textfile settings."""
+        if self.http_port is not None:
+            return config.replace(metrics_address=f"127.0.0.1:{self.http_port}")
+        directory = self.directory or str(config.state_path)
+        os.makedirs(directory, exist_ok=True)
+        return config.replace(
+            metrics_textfile=os.path.join(directory, self.file_name),
+            metrics_textfile_interval=self.update_interval,
+        )
 
 
 #: Arguments of the Conductor Python SDK's ``Configuration`` that taskfleet has no use for:
@@ -224,7 +251,14 @@ class Configuration:
     metrics_textfile: str = _setting(
         "TASKFLEET_METRICS_TEXTFILE",
         "",
-        "Path of a `.prom` file rewritten periodically for node-exporter's textfile collector.",
+        "Path of a `.prom` file rewritten periodically for node-exporter's textfile collector,"
+        " whether or not the HTTP endpoint is on.",
+    )
+    metrics_textfile_interval: float = _setting(
+        "TASKFLEET_METRICS_TEXTFILE_INTERVAL",
+        15.0,
+        "Seconds between rewrites of `TASKFLEET_METRICS_TEXTFILE` (and once more at stop).",
+        _POSITIVE_NUMBER,
     )
     log_level: str = _setting(
         "TASKFLEET_LOG_LEVEL",

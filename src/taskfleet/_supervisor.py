@@ -37,7 +37,7 @@ from typing import Any
 from . import _metrics as metrics
 from ._agent import SourceAgent
 from ._backoff import restart_delay
-from ._config import Configuration
+from ._config import Configuration, MetricsSettings
 from ._control import HEARTBEAT, HELLO, LEAVING, STOP, ChildStatus
 from ._errors import ConfigurationError
 from ._hookrun import HookRunner
@@ -167,6 +167,8 @@ class TaskHandler:
     Args:
         workers: ``@worker_task`` functions, :class:`Worker` or ``WorkerInterface`` objects.
         configuration: settings (default: :meth:`Configuration.from_env`).
+        metrics_settings: where and how often to write the metrics file (as the Conductor SDK's
+            ``MetricsSettings``; else ``TASKFLEET_METRICS_TEXTFILE``).
         scan_for_annotated_workers: also run every ``@worker_task`` declared in this process.
         import_modules: modules to import first (where those workers are declared).
         hooks: objects with optional ``before_``/``after_`` poll, execute and report methods,
@@ -181,6 +183,7 @@ class TaskHandler:
         self,
         workers: Iterable[Any] = (),
         configuration: Configuration | None = None,
+        metrics_settings: MetricsSettings | None = None,
         scan_for_annotated_workers: bool = False,
         import_modules: Sequence[str] = (),
         *,
@@ -189,6 +192,8 @@ class TaskHandler:
         env: dict[str, str] | None = None,
     ) -> None:
         self.config = (configuration or Configuration.from_env(env)).validate()
+        if metrics_settings is not None:
+            self.config = metrics_settings.apply(self.config)
         environ = os.environ if env is None else env
         self.workers = [as_worker(w) for w in workers]
         declared = declared_workers(import_modules)
@@ -235,6 +240,13 @@ class TaskHandler:
         self._root_logging = True
         self._child_config = self.config
         self._http: Any = None
+        self._textfile: Any = None
+        if self.config.metrics_textfile:
+            from ._admin import Textfile
+
+            self._textfile = Textfile(
+                self.config.metrics_textfile, self.config.metrics_textfile_interval
+            )
         self._old_handlers: dict[int, Any] = {}
         self._last_tick = time.monotonic()
         self._next_flush = 0.0
@@ -827,8 +839,8 @@ class TaskHandler:
                 self._spool is not None and self._spool.count() > 0
             ):
                 self._agent.flush_spool()
-        if self._http is not None:
-            self._http.periodic(now)
+        if self._textfile is not None:
+            self._textfile.periodic(now)
 
     # -- drain --------------------------------------------------------------------------------
 
@@ -894,6 +906,9 @@ class TaskHandler:
         if self._http is not None:
             self._http.stop()
             self._http = None
+        if self._textfile is not None:
+            self._textfile.write()
+            self._textfile = None
         self._spool = None  # closed by the agent
         for child in self._children:
             self._drop_ledger(child)

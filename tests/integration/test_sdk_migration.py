@@ -10,9 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import metric_total, wait_until
 from sdk_readme_workers import SimplePythonWorker
 
-from taskfleet import AuthenticationSettings, Configuration, TaskHandler
+from taskfleet import AuthenticationSettings, Configuration, MetricsSettings, TaskHandler
 from taskfleet.testing import ConductorTestServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -97,3 +98,31 @@ def test_a_configuration_built_with_the_sdk_argument_names_reaches_the_server(tm
             handler.start_processes()
             assert server.wait_for(ids, timeout=60)
         assert server.job(ids[0]).status == "COMPLETED"
+
+
+def test_the_sdk_metrics_settings_write_the_metrics_file_with_the_http_endpoint_off(tmp_path):
+    metrics_dir = tmp_path / "metrics"
+    with ConductorTestServer() as server:
+        ids = server.enqueue_many("python_task_example", [{}] * 3)
+        configuration = Configuration.from_env(
+            {}, server_api_url=server.url, state_dir=str(tmp_path / "state"), metrics_address="off"
+        )
+        metrics_settings = MetricsSettings(
+            directory=str(metrics_dir), file_name="metrics.log", update_interval=0.2
+        )
+        worker = SimplePythonWorker("python_task_example")
+        with TaskHandler(
+            [worker], configuration, metrics_settings, install_signal_handlers=False
+        ) as handler:
+            handler.start_processes()
+            assert server.wait_for(ids, timeout=60)
+            assert handler.metrics_url is None
+            textfile = metrics_dir / "metrics.log"
+
+            def executions() -> float:
+                text = textfile.read_text() if textfile.exists() else ""
+                return metric_total(
+                    text, "task_execute_time_seconds_count", taskType="python_task_example"
+                )
+
+            wait_until(lambda: executions() == 3, what="3 executions in the metrics file")

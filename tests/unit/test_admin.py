@@ -148,8 +148,7 @@ def test_the_metrics_textfile_is_written_without_following_a_planted_link(tmp_pa
     # Whoever can write the textfile's directory plants links where a temporary file might go.
     for pid in range(os.getpid() - 5, os.getpid() + 5):
         os.symlink(victim, f"{textfile}.{pid}.tmp")
-    with _serving(metrics_textfile=str(textfile)) as server:
-        server.write_textfile()
+    _admin.Textfile(str(textfile), 15.0).write()
     assert victim.read_text() == "precious\n"
     assert textfile.is_file() and not textfile.is_symlink()
     assert b"# HELP" in textfile.read_bytes()

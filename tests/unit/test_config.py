@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from taskfleet import AuthenticationSettings, Configuration, ConfigurationError
+from taskfleet import AuthenticationSettings, Configuration, ConfigurationError, MetricsSettings
 from taskfleet import _config as config_module
 
 
@@ -147,3 +147,12 @@ def test_the_configuration_stays_frozen_and_replace_keeps_working():
     changed = config.replace(drain_timeout=1)
     assert (changed.source, changed.drain_timeout) == ("memory", 1)
     assert pickle.loads(pickle.dumps(changed)) == changed
+
+
+def test_the_sdk_metrics_settings_become_the_textfile_or_http_settings(tmp_path):
+    config = Configuration.from_env({}, state_dir=str(tmp_path))
+    textfile = MetricsSettings(file_name="m.prom", update_interval=5).apply(config)
+    assert textfile.metrics_textfile == str(tmp_path / "m.prom")
+    assert textfile.metrics_textfile_interval == 5
+    served = MetricsSettings(http_port=9500).apply(config)
+    assert (served.metrics_address, served.metrics_textfile) == ("127.0.0.1:9500", "")

@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 PUBLIC_NAMES = {
     "taskfleet": (
         "AddressInUseError AuthenticationSettings Configuration ConfigurationError DecodeError "
-        "InputError NonRetryableError OutputError ResultTimeout SourceError Task TaskClient "
+        "InputError MetricsSettings NonRetryableError OutputError ResultTimeout SourceError "
+        "Task TaskClient "
         "TaskContext TaskError TaskHandler TaskInProgress TaskLog TaskOutcome TaskResult "
         "TaskStatus TaskfleetError Worker WorkerInterface WorkerOptions add_log "
         "get_task_context worker_task"
