@@ -195,6 +195,13 @@ class Configuration:
         "Seconds the first NATS connection may take before start-up fails.",
         _POSITIVE_NUMBER,
     )
+    nats_provision_timeout: float = _setting(
+        "TASKFLEET_NATS_PROVISION_TIMEOUT",
+        60.0,
+        "Seconds start-up keeps trying to create streams and consumers while JetStream cannot"
+        " answer yet (a cluster electing its leaders) before it fails.",
+        _POSITIVE_NUMBER,
+    )
     # -- the pool ---------------------------------------------------------------------------
     state_dir: str = _setting(
         "TASKFLEET_STATE_DIR",

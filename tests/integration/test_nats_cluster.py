@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 from helpers import run, wait_until
 
@@ -48,3 +51,37 @@ def test_a_three_node_cluster_serves_tasks_from_replicated_streams(tmp_path):
             assert client.result(task_id, timeout=15).output == {"ok": 1}
             # The result is published before the ack: wait for the ack to land.
             wait_until(lambda: client.depth("r3") == 0, what="the acks")
+
+
+def test_provisioning_waits_for_a_cluster_that_is_still_electing_its_leaders(tmp_path):
+    # Two of three nodes down: no quorum, no meta leader, JetStream cannot answer. They come
+    # back while start-up provisions R3 streams, as when a pool starts beside a forming cluster.
+    with nats_cluster(tmp_path / "cluster", 3) as cluster:
+        first, *others = cluster.servers
+        config = Configuration.from_env(
+            {}, nats_url=first.url, nats_replicas=3, state_dir=str(tmp_path / "state")
+        )
+        for node in others:
+            node.kill()
+
+        def back_later() -> None:
+            time.sleep(4.0)
+            for node in others:
+                node.start(wait=False)
+
+        async def provision() -> int:
+            source = NatsSource(config)
+            await source.start()
+            try:
+                await source.prepare([WorkerBinding("forming")])
+                info = await source._js.stream_info(source.subjects.results_stream)
+                return 1 + len(info.cluster.replicas or [])
+            finally:
+                await source.close()
+
+        restarter = threading.Thread(target=back_later)
+        restarter.start()
+        try:
+            assert run(provision()) == 3
+        finally:
+            restarter.join()

@@ -13,13 +13,18 @@ import contextlib
 import logging
 import socket
 import ssl
-from typing import Any
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
+from .._backoff import Backoff
 from .._config import Configuration, redact_url
 from .._errors import SourceError
 from .wire import Subjects
 
-__all__ = ["connect", "ensure_streams", "error_code"]
+__all__ = ["connect", "ensure_streams", "error_code", "not_ready_yet", "provisioning"]
+
+T = TypeVar("T")
 
 log = logging.getLogger("taskfleet.nats")
 
@@ -27,6 +32,9 @@ log = logging.getLogger("taskfleet.nats")
 PING_INTERVAL = 10
 #: Seconds between reconnect attempts once connected.
 RECONNECT_WAIT = 1.0
+#: JetStream's err_code for "no suitable peers for placement": a cluster whose nodes have not
+#: all joined yet cannot place a replicated stream.
+_NO_PEERS_YET = frozenset({10005})
 
 
 def _tls_context(config: Configuration, servers: list[str]) -> ssl.SSLContext | None:
@@ -125,11 +133,12 @@ async def connect(config: Configuration, servers: list[str], *, name: str = "tas
 
 
 async def ensure_streams(js: Any, config: Configuration) -> None:
-    """Create or update the tasks and results streams (idempotent).
+    """Create or update the tasks and results streams (idempotent), trying again while
+    JetStream cannot answer yet, up to ``nats_provision_timeout`` (see :func:`provisioning`).
 
     Raises:
         SourceError: JetStream refused (e.g. a stream of that name exists with another
-            retention policy, which cannot be changed in place) or did not answer.
+            retention policy, which cannot be changed in place) or did not answer in time.
     """
     from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 
@@ -151,8 +160,10 @@ async def ensure_streams(js: Any, config: Configuration) -> None:
             num_replicas=config.nats_replicas,
         ),
     ]
+    deadline = time.monotonic() + config.nats_provision_timeout
     for stream in wanted:
-        try:
+
+        async def create(stream: StreamConfig = stream) -> None:
             try:
                 await js.add_stream(stream)
             except Exception as exc:
@@ -160,11 +171,56 @@ async def ensure_streams(js: Any, config: Configuration) -> None:
                 if error_code(exc) != 10058:
                     raise
                 await js.update_stream(stream)
+
+        try:
+            await provisioning(f"stream {stream.name}", create, deadline)
         except Exception as exc:
             raise SourceError(
-                f"cannot provision stream {stream.name}: {_describe(exc)}",
+                f"cannot provision stream {stream.name}: {_describe(exc)}"
+                + _gave_up(exc, config),
                 retryable=error_code(exc) is None,
             ) from None
+
+
+def not_ready_yet(exc: BaseException) -> bool:
+    """Whether a JetStream API failure can pass by itself: no answer in time, no responders,
+    a 5xx (JetStream temporarily unavailable, no leader yet), or no peers to place a replica on
+    (a cluster still forming). A refusal (a 4xx such as a stream of that name with another
+    retention) is final."""
+    if error_code(exc) is None:
+        return True
+    code = getattr(exc, "code", None)
+    return (isinstance(code, int) and code >= 500) or error_code(exc) in _NO_PEERS_YET
+
+
+async def provisioning(what: str, call: Callable[[], Awaitable[T]], deadline: float) -> T:
+    """``call()``, tried again with backoff while JetStream is :func:`not_ready_yet`, until the
+    monotonic ``deadline``; the last failure is raised."""
+    backoff = Backoff(0.25, 2.0, jitter=0.5)
+    while True:
+        try:
+            return await call()
+        except Exception as exc:
+            delay = backoff.next()
+            if not not_ready_yet(exc) or time.monotonic() + delay > deadline:
+                raise
+            log.info(
+                "provisioning %s: %s; trying again in %.1fs (JetStream not ready: a cluster may"
+                " still be electing its leaders)",
+                what,
+                _describe(exc),
+                delay,
+            )
+            await asyncio.sleep(delay)
+
+
+def _gave_up(exc: BaseException, config: Configuration) -> str:
+    if not not_ready_yet(exc):
+        return ""
+    return (
+        f" (JetStream did not answer within TASKFLEET_NATS_PROVISION_TIMEOUT ="
+        f" {config.nats_provision_timeout:g} s)"
+    )
 
 
 def error_code(exc: BaseException) -> int | None:

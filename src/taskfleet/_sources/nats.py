@@ -41,8 +41,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -52,7 +54,7 @@ from .. import _metrics as metrics
 from .._backoff import Backoff
 from .._config import Configuration, redact_url
 from .._errors import DecodeError, SourceError
-from .._nats.connect import connect, ensure_streams, error_code
+from .._nats.connect import connect, ensure_streams, error_code, provisioning
 from .._nats.embedded import servers_for
 from .._nats.wire import (
     REASON_HEADER,
@@ -172,6 +174,7 @@ class NatsSource(TaskSource):
 
         js = self._require_js()
         await ensure_streams(js, self.config)
+        deadline = time.monotonic() + self.config.nats_provision_timeout
         for binding in workers:
             durable = consumer_name(binding.task_type)
             max_deliver = binding.max_attempts or self.config.nats_max_deliver
@@ -186,7 +189,11 @@ class NatsSource(TaskSource):
                 max_ack_pending=max(1000, 2 * binding.processes * binding.threads),
             )
             try:
-                await js.add_consumer(self.subjects.tasks_stream, config)
+                await provisioning(
+                    f"consumer {durable}",
+                    functools.partial(js.add_consumer, self.subjects.tasks_stream, config),
+                    deadline,
+                )
             except Exception as exc:
                 raise SourceError(
                     f"cannot provision consumer {durable} for task type {binding.task_type!r}:"
