@@ -412,6 +412,13 @@ def state_env(tmp_path: Path) -> dict[str, str]:
     return {"TASKFLEET_STATE_DIR": str(tmp_path / "state")}
 
 
+def _as_typed_in_a_terminal() -> None:
+    # A shell starts background jobs with SIGINT ignored, and children inherit that: a suite run
+    # in the background would start every command deaf to Ctrl-C. A command typed in a terminal
+    # has SIGINT at its default, and that is what these tests stand for.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("TASKFLEET_", "NATS_"))}
     return subprocess.Popen(
@@ -421,6 +428,7 @@ def start(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_as_typed_in_a_terminal,
     )
 
 

@@ -361,14 +361,20 @@ def test_a_worker_process_whose_ledger_is_gone_still_serves(server, tmp_path):
 
 
 def test_ctrl_c_is_the_programs_again_once_a_pool_stopped_by_a_signal_is_joined(server, tmp_path):
-    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    with TaskHandler([whoami], conductor_config(server, tmp_path / "state")) as h:
-        h.start_processes()
-        assert signal.getsignal(signal.SIGINT) is not before[signal.SIGINT]
-        os.kill(os.getpid(), signal.SIGTERM)  # the drain, as from systemd
-        assert h.join_processes(60)
-        assert {sig: signal.getsignal(sig) for sig in before} == before
-    with pytest.raises(KeyboardInterrupt):
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(5)  # the interrupt lands here
+    # A program in a terminal has Python's Ctrl-C handler (a suite run in the background starts
+    # with SIGINT ignored instead).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        with TaskHandler([whoami], conductor_config(server, tmp_path / "state")) as h:
+            h.start_processes()
+            assert signal.getsignal(signal.SIGINT) is not before[signal.SIGINT]
+            os.kill(os.getpid(), signal.SIGTERM)  # the drain, as from systemd
+            assert h.join_processes(60)
+            assert {sig: signal.getsignal(sig) for sig in before} == before
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # the interrupt lands here
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
