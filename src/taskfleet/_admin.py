@@ -71,7 +71,8 @@ def render_metrics(accept: str = "") -> tuple[bytes, str]:
     else:
         registry = metrics.get().registry
     encoder, content_type = choose_encoder(accept)
-    return encoder(registry), content_type
+    with metrics.files_lock():  # not while a dead process's files are folded
+        return encoder(registry), content_type
 
 
 def health(pool: TaskHandler, now: float | None = None) -> tuple[bool, str]:

@@ -380,9 +380,46 @@ def get() -> Metrics:
     return m
 
 
-def mark_process_dead(pid: int) -> None:
-    """Forget the live gauges of a dead process (counters keep counting: they never go back)."""
-    if _multiproc_dir:
-        from prometheus_client import multiprocess
+#: Held while the files of the multiprocess directory are read for a scrape or folded, so a
+#: scrape never sees a dead process's values twice or not at all (``files_lock``).
+_files_lock = threading.Lock()
+#: The counter and histogram values of every dead process, summed into one file per kind.
+_FOLDED = "folded"
 
+
+def files_lock() -> threading.Lock:
+    """Hold while collecting from the multiprocess directory (see :func:`mark_process_dead`)."""
+    return _files_lock
+
+
+def mark_process_dead(pid: int) -> None:
+    """Forget the live gauges of a dead process and fold its counters and histograms into the
+    directory's ``counter_folded.db`` / ``histogram_folded.db``, deleting its own files: a
+    process recycled or crash-looping for months leaves the directory, and each scrape's work,
+    the size of the live processes plus one file per kind, not one per process that ever ran.
+    Totals do not change (counters never go back)."""
+    if not _multiproc_dir:
+        return
+    from prometheus_client import multiprocess
+
+    with _files_lock:
         multiprocess.mark_process_dead(pid, _multiproc_dir)
+        for kind in ("counter", "histogram"):
+            _fold(os.path.join(_multiproc_dir, f"{kind}_{pid}.db"), kind)
+
+
+def _fold(path: str, kind: str) -> None:
+    from prometheus_client.mmap_dict import MmapedDict
+
+    try:
+        values = MmapedDict.read_all_values_from_file(path)
+    except FileNotFoundError:
+        return
+    folded = MmapedDict(os.path.join(os.path.dirname(path), f"{kind}_{_FOLDED}.db"))
+    try:
+        for key, value, timestamp, _ in values:
+            total, _ = folded.read_value(key)
+            folded.write_value(key, total + value, timestamp)
+    finally:
+        folded.close()
+    os.unlink(path)

@@ -60,7 +60,9 @@ def task_from_wire(data: Mapping[str, Any], task_type: str = "") -> Task:
     input_data = data.get("inputData")
     return Task(
         task_id=task_id,
-        task_type=str(data.get("taskDefName") or data.get("taskType") or task_type),
+        # The type polled for wins over the one the answer names: metric labels and the
+        # handler chosen come from the pool's configured types, never from message content.
+        task_type=task_type or str(data.get("taskDefName") or data.get("taskType") or ""),
         input_data=input_data if isinstance(input_data, dict) else {},
         workflow_instance_id=str(data.get("workflowInstanceId") or ""),
         correlation_id=str(data.get("correlationId") or ""),
