@@ -71,7 +71,7 @@ class TaskSource(abc.ABC):
     #: Told of a final outcome the source decided by itself, outside any ``report`` (NATS: the
     #: dead letter of an undecodable or stranded task), so that hooks see it too. Set by the
     #: runner and the supervisor; called on the source's loop and must not block.
-    on_outcome: Callable[[Task, TaskResult], None] | None = None
+    on_outcome: Callable[[Task, TaskResult], object] | None = None
 
     def outcome_decided(self, task: Task, result: TaskResult) -> None:
         """Pass an outcome the source decided by itself to :attr:`on_outcome`; never raises."""
