@@ -8,6 +8,8 @@ are not a task.
 from __future__ import annotations
 
 import os
+import socket
+import ssl
 import sys
 import traceback
 from collections.abc import Mapping
@@ -162,3 +164,17 @@ class SourceError(TaskfleetError):
         self.retryable = retryable and not rejects_result
         self.status = status
         self.rejects_result = rejects_result
+
+
+def describe_connection_error(exc: BaseException) -> str:
+    """Why a connection to a server failed, in the words an operator looks for first."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (nothing listens there)"
+    if isinstance(exc, socket.gaierror):
+        return f"unknown host ({exc.strerror})"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS failed: {exc.reason or exc}"
+    if isinstance(exc, TimeoutError):
+        return "no answer in time"
+    text = str(exc) or type(exc).__name__
+    return text if text.startswith("nats") else f"{type(exc).__name__}: {text}"

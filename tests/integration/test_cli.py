@@ -389,6 +389,23 @@ def test_submit_to_an_unreachable_server_exits_4():
     assert "connection refused" in one_line_error(done, cli.EXIT_UNAVAILABLE)
 
 
+def test_run_against_a_refused_conductor_server_is_one_line_saying_so(tmp_path):
+    url = f"http://127.0.0.1:{free_port()}/api"
+    done = taskfleet(
+        "run",
+        EXAMPLE,
+        env={
+            "CONDUCTOR_SERVER_URL": url,
+            "TASKFLEET_METRICS_ADDRESS": "off",
+            "TASKFLEET_STATE_DIR": str(tmp_path),
+        },
+    )
+    assert one_line_error(done, cli.EXIT_UNAVAILABLE) == (
+        f"taskfleet: cannot reach the Conductor server at {url}: connection refused (nothing"
+        " listens there); check CONDUCTOR_SERVER_URL and that the server is running"
+    )
+
+
 def test_run_against_a_refused_nats_server_is_one_line_saying_so(tmp_path):
     done = taskfleet(
         "run",

@@ -14,7 +14,7 @@ import pytest
 
 from taskfleet._config import Configuration
 from taskfleet._errors import SourceError
-from taskfleet._sources import PollRequest
+from taskfleet._sources import PollRequest, WorkerBinding
 from taskfleet._sources import conductor as conductor_module
 from taskfleet._sources.conductor import ConductorSource
 from taskfleet._task import Task, TaskResult, TaskStatus
@@ -368,6 +368,58 @@ def test_a_server_that_wants_auth_tells_a_source_without_credentials_what_to_set
         run(poll_once(make_source(srv.url), request()))
     assert info.value.status == 401 and not info.value.retryable
     assert "CONDUCTOR_AUTH_KEY" in str(info.value)
+
+
+# -- start-up: the server must answer before any worker starts ---------------------------------
+
+BINDINGS = [WorkerBinding(task_type="t")]
+
+
+def prepare(source: ConductorSource) -> None:
+    async def go() -> None:
+        try:
+            await source.prepare(BINDINGS)
+        finally:
+            await source.close()
+
+    run(go())
+
+
+def test_start_up_against_a_server_that_answers_takes_no_task(server):
+    server.enqueue("t")
+    prepare(make_source(server.url))
+    assert server.request_count("/tasks/queue/sizes") == 1
+    assert server.request_count("/tasks/poll/batch/t") == 0
+
+
+def test_start_up_against_a_refused_port_says_so_and_names_the_setting(server):
+    server.go_down("refuse")
+    with pytest.raises(SourceError) as info:
+        prepare(make_source(server.url))
+    assert str(info.value) == (
+        f"cannot reach the Conductor server at {server.url}: connection refused (nothing listens"
+        " there); check CONDUCTOR_SERVER_URL and that the server is running"
+    )
+
+
+def test_start_up_behind_a_gateway_whose_server_is_down_fails(server):
+    server.go_down("503")
+    with pytest.raises(SourceError) as info:
+        prepare(make_source(server.url))
+    assert "HTTP 503 from a gateway (the server behind it is down)" in str(info.value)
+
+
+def test_start_up_with_credentials_the_server_rejects_names_them():
+    with ConductorTestServer(auth=("key", "secret")) as srv, pytest.raises(SourceError) as info:
+        prepare(make_source(srv.url, conductor_auth_key="key", conductor_auth_secret="hunter2"))
+    assert "rejected the credentials (HTTP 401): check CONDUCTOR_AUTH_KEY" in str(info.value)
+    assert "hunter2" not in str(info.value)
+
+
+def test_start_up_without_credentials_a_server_wants_names_what_to_set():
+    with ConductorTestServer(auth=("key", "secret")) as srv, pytest.raises(SourceError) as info:
+        prepare(make_source(srv.url))
+    assert "set CONDUCTOR_AUTH_KEY and CONDUCTOR_AUTH_SECRET" in str(info.value)
 
 
 # -- errors -------------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -19,7 +18,7 @@ from typing import Any, TypeVar
 
 from .._backoff import Backoff
 from .._config import Configuration, redact_url
-from .._errors import SourceError
+from .._errors import SourceError, describe_connection_error
 from .wire import Subjects
 
 __all__ = ["connect", "ensure_streams", "error_code", "not_ready_yet", "provisioning"]
@@ -104,7 +103,7 @@ async def connect(config: Configuration, servers: list[str], *, name: str = "tas
         # error raised below instead of a warning per attempt.
         if not connected:
             errors[:] = [exc]
-            log.debug("NATS connection attempt failed: %s", _describe(exc))
+            log.debug("NATS connection attempt failed: %s", describe_connection_error(exc))
             return
         await _on_error(exc)
 
@@ -122,9 +121,9 @@ async def connect(config: Configuration, servers: list[str], *, name: str = "tas
         with contextlib.suppress(Exception):
             await asyncio.wait_for(client.close(), 1.0)
         if not isinstance(exc, asyncio.TimeoutError):
-            detail = _describe(exc)
+            detail = describe_connection_error(exc)
         else:  # the client retried until the time was up: say why its attempts failed
-            detail = _describe(errors[-1]) if errors else "timed out"
+            detail = describe_connection_error(errors[-1]) if errors else "timed out"
         raise SourceError(
             f"cannot connect to NATS at {where} within {config.nats_connect_timeout:g} s:"
             f" {detail}; check NATS_URL and that the server is running"
@@ -176,7 +175,7 @@ async def ensure_streams(js: Any, config: Configuration) -> None:
             await provisioning(f"stream {stream.name}", create, deadline)
         except Exception as exc:
             raise SourceError(
-                f"cannot provision stream {stream.name}: {_describe(exc)}"
+                f"cannot provision stream {stream.name}: {describe_connection_error(exc)}"
                 + _gave_up(exc, config),
                 retryable=error_code(exc) is None,
             ) from None
@@ -208,7 +207,7 @@ async def provisioning(what: str, call: Callable[[], Awaitable[T]], deadline: fl
                 "provisioning %s: %s; trying again in %.1fs (JetStream not ready: a cluster may"
                 " still be electing its leaders)",
                 what,
-                _describe(exc),
+                describe_connection_error(exc),
                 delay,
             )
             await asyncio.sleep(delay)
@@ -229,20 +228,8 @@ def error_code(exc: BaseException) -> int | None:
     return int(code) if isinstance(code, int) else None
 
 
-def _describe(exc: BaseException) -> str:
-    """What went wrong, in the words an operator looks for first."""
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused (nothing listens there)"
-    if isinstance(exc, socket.gaierror):
-        return f"unknown host ({exc.strerror})"
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS failed: {exc.reason or exc}"
-    text = str(exc) or type(exc).__name__
-    return text if text.startswith("nats") else f"{type(exc).__name__}: {text}"
-
-
 async def _on_error(exc: Exception) -> None:
-    log.warning("NATS connection error: %s", _describe(exc))
+    log.warning("NATS connection error: %s", describe_connection_error(exc))
 
 
 async def _on_reconnected() -> None:

@@ -41,10 +41,12 @@ __all__ = ["Answer", "Endpoint", "TransportError"]
 class TransportError(Exception):
     """No answer: the connection failed, or the answer did not come in time (``timed_out``)."""
 
-    def __init__(self, kind: str, *, timed_out: bool) -> None:
+    def __init__(self, kind: str, *, timed_out: bool, cause: BaseException | None = None) -> None:
         super().__init__(kind)
         self.kind = kind
         self.timed_out = timed_out
+        #: the exception that ended the call, for words an operator can act on
+        self.cause = cause
 
 
 class Answer:
@@ -205,10 +207,10 @@ class Connection:
             data = resp.read()
         except TimeoutError as exc:
             self._reset()
-            raise TransportError(type(exc).__name__, timed_out=True) from None
+            raise TransportError(type(exc).__name__, timed_out=True, cause=exc) from None
         except (OSError, http.client.HTTPException, ValueError) as exc:
             self._reset()
-            raise TransportError(type(exc).__name__, timed_out=False) from None
+            raise TransportError(type(exc).__name__, timed_out=False, cause=exc) from None
         if resp.will_close:
             self._reset()
         return Answer(resp.status, data)

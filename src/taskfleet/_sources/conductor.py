@@ -26,11 +26,11 @@ from typing import Any, TypeVar
 
 from .. import _json
 from .._config import Configuration, is_loopback, redact_url
-from .._errors import SourceError
+from .._errors import SourceError, describe_connection_error
 from .._task import Task, TaskResult, TaskStatus
 from .._threads import LoopThreads
 from ._http import Answer, Connection, Endpoint, TransportError
-from .base import PollRequest, TaskSource
+from .base import PollRequest, TaskSource, WorkerBinding
 
 __all__ = ["ConductorSource", "task_from_wire"]
 
@@ -133,6 +133,49 @@ class ConductorSource(TaskSource):
     async def start(self) -> None:
         """Create the thread pool. No request is made: the first call fetches a token if needed."""
         self._ensure_threads()
+
+    async def prepare(self, workers: Sequence[WorkerBinding]) -> None:
+        """Make sure the server answers before any worker process starts (docs/sources.md,
+        "Start-up"): the token when credentials are set, else a queue-size read, which takes no
+        task. Any HTTP answer but a gateway's 502/503/504 counts as "the server is there".
+
+        Raises:
+            SourceError: no answer (refused, unknown host, TLS, timeout), a gateway error, or
+                credentials the server rejects; one line naming the URL and the setting.
+        """
+        if workers:
+            await self._run(functools.partial(self._check_server, workers[0].task_type))
+
+    def _check_server(self, task_type: str) -> None:
+        where = f"the Conductor server at {self._shown_base}"
+        setting = "check CONDUCTOR_SERVER_URL and that the server is running"
+        try:
+            if self._key:
+                self._current_token()
+                return
+            target = "/tasks/queue/sizes?" + urllib.parse.urlencode({"taskType": task_type})
+            answer = self._send("GET", target, body=None, wait=0.0, token=None)
+        except SourceError as exc:
+            if exc.status in (401, 403):
+                raise SourceError(
+                    f"{where} rejected the credentials (HTTP {exc.status}):"
+                    " check CONDUCTOR_AUTH_KEY and CONDUCTOR_AUTH_SECRET",
+                    retryable=False,
+                ) from None
+            # A failed connection is raised "from None" for short logs; its context keeps why.
+            failed = exc.__context__
+            if isinstance(failed, TransportError) and failed.cause is not None:
+                why = describe_connection_error(failed.cause)
+            else:
+                why = str(exc)
+            raise SourceError(f"cannot reach {where}: {why}; {setting}") from None
+        if answer.status == 401:
+            raise self._http_error("GET", "/tasks/queue/sizes", answer)  # names what to set
+        if answer.status in (502, 503, 504):
+            raise SourceError(
+                f"cannot reach {where}: HTTP {answer.status} from a gateway (the server behind"
+                f" it is down); {setting}"
+            )
 
     def spool_key(self) -> str:
         """The server's redacted URL."""
