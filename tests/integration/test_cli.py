@@ -445,7 +445,7 @@ def start(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=_as_typed_in_a_terminal,
+        preexec_fn=_as_typed_in_a_terminal,  # noqa: PLW1509 - one signal call, no locks taken
     )
 
 
