@@ -407,18 +407,21 @@ def test_run_against_a_refused_conductor_server_is_one_line_saying_so(tmp_path):
 
 
 def test_run_against_a_refused_nats_server_is_one_line_saying_so(tmp_path):
+    url = f"nats://127.0.0.1:{free_port()}"
     done = taskfleet(
         "run",
         EXAMPLE,
         env={
-            "NATS_URL": f"nats://127.0.0.1:{free_port()}",
+            "NATS_URL": url,
             "TASKFLEET_NATS_CONNECT_TIMEOUT": "1",
             "TASKFLEET_METRICS_ADDRESS": "off",
             "TASKFLEET_STATE_DIR": str(tmp_path),
         },
     )
-    line = one_line_error(done, cli.EXIT_UNAVAILABLE)
-    assert "within 1 s: connection refused (nothing listens there); check NATS_URL" in line
+    assert one_line_error(done, cli.EXIT_UNAVAILABLE) == (
+        f"taskfleet: cannot connect to NATS at {url} within 1 s: connection refused (nothing"
+        " listens there); check NATS_URL and that the server is running"
+    )
 
 
 # -- real pools and servers ------------------------------------------------------------------
@@ -496,7 +499,11 @@ def test_run_submit_wait_results_and_status_against_a_real_pool(processes, state
 
     typo = taskfleet("submit", "gret", "--wait", "--timeout", "1", env=state_env)
     assert typo.returncode == cli.EXIT_TASKS_FAILED
-    assert "no worker has ever consumed 'gret' on this server" in typo.stderr
+    assert typo.stderr.splitlines() == [
+        "taskfleet: no result for 1 task(s) within 1 s: no worker has ever consumed 'gret' on"
+        " this server (is the type spelt as the worker's? is the pool on another server or state"
+        " directory?)"
+    ]
 
     done = taskfleet("submit", "greet", "--input", '{"name": "Ada"}', "--count", "3", "--wait",
                      "--timeout", "30", env=state_env)  # fmt: skip
@@ -517,8 +524,13 @@ def test_run_submit_wait_results_and_status_against_a_real_pool(processes, state
     # and says so, and says why no result comes.
     late = taskfleet("submit", "greet", "--input", "{}", "--wait", "--timeout", "1", env=state_env)
     assert late.returncode == cli.EXIT_TASKS_FAILED
-    assert "note: no pool's embedded server was running" in late.stderr
-    assert "no worker is consuming 'greet' now; 1 task(s) wait for a pool to run" in late.stderr
+    note, missing = late.stderr.splitlines()
+    assert note.startswith("taskfleet: note: no pool's embedded server was running (state dir ")
+    assert note.endswith("; tasks wait there until a pool runs with that state directory")
+    assert missing == (
+        "taskfleet: no result for 1 task(s) within 1 s: no worker is consuming 'greet' now;"
+        " 1 task(s) wait for a pool to run"
+    )
 
 
 # -- the metrics address ---------------------------------------------------------------------
