@@ -8,9 +8,11 @@ blocking call into it, so scripts, web handlers and notebooks need no ``async``.
 How results are read: per task type, one *ordered consumer* (ephemeral, flow-controlled, recreated
 by nats-py after a gap) on ``<prefix>.results.<type>`` from the start of the results stream. Every
 outcome it delivers is kept in memory, so ``result(id)`` is a dictionary look-up once the outcome
-has arrived, whoever submitted the task. The cost is memory proportional to the results of the
-watched types still in the stream (bounded by ``TASKFLEET_NATS_RESULTS_MAX_AGE``); a producer of
-millions of tasks a day should consume :meth:`TaskClient.results` instead of calling ``result``.
+has arrived, whoever submitted the task. What is kept is bounded: at most ``max_results``
+outcomes, each for at most ``results_max_age`` seconds after it arrived (oldest dropped first); a
+``result`` call already waiting is answered when its outcome arrives, whatever the bound. A
+producer of more results than that between its ``submit`` and ``result`` calls should consume
+:meth:`TaskClient.results` instead. Two calls watching one type at once subscribe once.
 Subjects carry the type, not the id, which is why a direct get by subject cannot find one task.
 """
 
@@ -20,7 +22,9 @@ import asyncio
 import contextlib
 import logging
 import queue
+import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Coroutine, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -51,6 +55,9 @@ NATS_ONLY = (
 PIPELINE = 256
 #: Seconds a single publish may wait for its PubAck.
 PUBLISH_TIMEOUT = 10.0
+#: Outcomes (and ids of submitted tasks) a client keeps at most, and for how many seconds.
+MAX_RESULTS = 100_000
+RESULTS_MAX_AGE = 3600.0
 
 
 class ResultTimeout(TaskfleetError, TimeoutError):
@@ -125,13 +132,23 @@ class TaskClient:
     Args:
         config: settings (``NATS_URL``, credentials, prefix); default: from the environment.
         url: shorthand for ``config.replace(nats_url=url)``.
+        max_results: outcomes kept for ``result`` calls still to come (and task ids remembered
+            from ``submit``); the oldest go first.
+        results_max_age: seconds an outcome is kept after it arrived.
 
     Raises:
         SourceError: the server is unreachable within ``nats_connect_timeout``.
         NatsServerError: no URL is configured and the embedded server cannot start.
     """
 
-    def __init__(self, config: Configuration | None = None, *, url: str | None = None) -> None:
+    def __init__(
+        self,
+        config: Configuration | None = None,
+        *,
+        url: str | None = None,
+        max_results: int = MAX_RESULTS,
+        results_max_age: float = RESULTS_MAX_AGE,
+    ) -> None:
         config = config or Configuration.from_env()
         if url is not None:
             config = config.replace(nats_url=url)
@@ -139,11 +156,15 @@ class TaskClient:
             raise ConfigurationError("CONDUCTOR_SERVER_URL", NATS_ONLY)
         self.config = config
         self.subjects = Subjects(config.nats_prefix)
-        self._types: dict[str, str] = {}
-        self._outcomes: dict[str, TaskOutcome] = {}
+        if max_results < 1 or results_max_age <= 0:
+            raise ConfigurationError("max_results", "and results_max_age must be positive")
+        self.max_results, self.results_max_age = max_results, results_max_age
+        self._types: OrderedDict[str, str] = OrderedDict()
+        #: task id -> (outcome, monotonic time it arrived), oldest first
+        self._outcomes: OrderedDict[str, tuple[TaskOutcome, float]] = OrderedDict()
         self._waiters: dict[str, list[asyncio.Future[TaskOutcome]]] = {}
         self._listeners: dict[str, list[queue.Queue[TaskOutcome]]] = {}
-        self._watches: dict[str, Any] = {}
+        self._watches: dict[str, asyncio.Future[Any]] = {}
         self._lease: Any = None
         self._closed = False
         #: the (redacted) URL of the embedded server this client had to start because none was
@@ -199,7 +220,7 @@ class TaskClient:
             headers=headers,
         )
         self._call(self._publish(self.subjects.task(task_type), payload, task_id))
-        self._types[task_id] = task_type
+        self._remember_types({task_id: task_type})
         return task_id
 
     def submit_many(
@@ -225,8 +246,13 @@ class TaskClient:
 
         self._call(publish_all(), timeout=PUBLISH_TIMEOUT + len(batch) * 0.01)
         ids = [task_id for task_id, _ in batch]
-        self._types.update(dict.fromkeys(ids, task_type))
+        self._remember_types(dict.fromkeys(ids, task_type))
         return ids
+
+    def _remember_types(self, types: Mapping[str, str]) -> None:
+        self._types.update(types)
+        while len(self._types) > self.max_results:
+            self._types.popitem(last=False)
 
     # -- results ----------------------------------------------------------------------------
 
@@ -251,9 +277,10 @@ class TaskClient:
 
         async def wait() -> TaskOutcome:
             await self._watch(task_type)
+            self._expire()
             known = self._outcomes.get(task_id)
             if known is not None:
-                return known
+                return known[0]
             future: asyncio.Future[TaskOutcome] = asyncio.get_running_loop().create_future()
             self._waiters.setdefault(task_id, []).append(future)
             try:
@@ -270,7 +297,8 @@ class TaskClient:
         return self._call(wait(), timeout=None if timeout is None else timeout + PUBLISH_TIMEOUT)
 
     def results(self, task_type: str, *, idle_timeout: float | None = 5.0) -> Iterator[TaskOutcome]:
-        """Every final result of a type: those in the stream first, then new ones as they come.
+        """Every final result of a type: those kept so far first (within ``max_results`` and
+        ``results_max_age``), then new ones as they come.
 
         Ends after ``idle_timeout`` seconds without a new result (None: never).
         """
@@ -280,7 +308,8 @@ class TaskClient:
             await self._watch(task_type)
             # Snapshot and registration happen in one loop step: no outcome is missed or doubled.
             self._listeners.setdefault(task_type, []).append(inbox)
-            return [o for o in self._outcomes.values() if o.task_type == task_type]
+            self._expire()
+            return [o for o, _ in self._outcomes.values() if o.task_type == task_type]
 
         try:
             yield from self._call(register())
@@ -376,9 +405,9 @@ class TaskClient:
         if nc is not None and self._loop.running:
 
             async def shutdown() -> None:
-                for sub in self._watches.values():
+                for watch in self._watches.values():
                     with contextlib.suppress(Exception):
-                        await sub.unsubscribe()
+                        await (await watch).unsubscribe()
                 try:
                     await asyncio.wait_for(nc.drain(), 5.0)
                 except Exception:
@@ -425,16 +454,36 @@ class TaskClient:
         except Exception as exc:
             raise SourceError(f"submitting task {task_id} to {subject} failed: {exc}") from None
 
-    async def _watch(self, task_type: str) -> None:
-        if task_type in self._watches:
-            return
+    def _expire(self) -> None:
+        """Drop outcomes past the size and age bounds (oldest first)."""
+        horizon = time.monotonic() - self.results_max_age
+        outcomes = self._outcomes
+        while outcomes and (
+            len(outcomes) > self.max_results or next(iter(outcomes.values()))[1] < horizon
+        ):
+            outcomes.popitem(last=False)
 
+    async def _watch(self, task_type: str) -> None:
+        """Subscribe to the type's results once, however many calls ask at the same time."""
+        watch = self._watches.get(task_type)
+        if watch is None:
+            watch = self._watches[task_type] = asyncio.ensure_future(self._subscribe(task_type))
+        try:
+            await asyncio.shield(watch)
+        except Exception:
+            if self._watches.get(task_type) is watch:
+                del self._watches[task_type]  # the next call tries again
+            raise
+
+    async def _subscribe(self, task_type: str) -> Any:
         async def on_result(msg: Any) -> None:
             try:
                 outcome = TaskOutcome.from_wire(msg.data)
             except DecodeError:
                 return  # not ours to judge; the producer of that message is at fault
-            self._outcomes[outcome.task_id] = outcome
+            self._outcomes.pop(outcome.task_id, None)
+            self._outcomes[outcome.task_id] = (outcome, time.monotonic())
+            self._expire()
             for future in self._waiters.pop(outcome.task_id, []):
                 if not future.done():
                     future.set_result(outcome)
@@ -442,7 +491,7 @@ class TaskClient:
                 inbox.put(outcome)
 
         try:
-            self._watches[task_type] = await self._js.subscribe(
+            return await self._js.subscribe(
                 self.subjects.result(task_type), cb=on_result, ordered_consumer=True
             )
         except Exception as exc:
