@@ -227,6 +227,13 @@ class Configuration:
         "Seconds without a heartbeat after which a worker process is treated as wedged.",
         _POSITIVE_NUMBER,
     )
+    startup_timeout: float = _setting(
+        "TASKFLEET_STARTUP_TIMEOUT",
+        300.0,
+        "Seconds a new worker process may take to send its first heartbeat (importing its module,"
+        " loading a model, connecting) before it is killed; the heartbeat timeout applies after.",
+        _POSITIVE_NUMBER,
+    )
     restart_backoff_max: float = _setting(
         "TASKFLEET_RESTART_BACKOFF_MAX",
         30.0,

@@ -790,12 +790,15 @@ class TaskHandler:
                         entry.next_lease = now + entry.lease_every
                         if entry.task.task_id not in child.timed_out:
                             extend.append(entry.task)
-                if (
-                    not child.kill_reason
-                    and now - child.last_heartbeat > self.config.heartbeat_timeout
-                ):
+                # Start-up (import, model loading, connecting) has its own, longer limit, until
+                # the first word from the process.
+                starting = child.state is State.STARTING
+                limit = self.config.startup_timeout if starting else self.config.heartbeat_timeout
+                if not child.kill_reason and now - child.last_heartbeat > limit:
                     child.kill_reason = (
-                        f"wedged: no heartbeat for {now - child.last_heartbeat:.0f}s"
+                        f"not started within {limit:g}s (TASKFLEET_STARTUP_TIMEOUT)"
+                        if starting
+                        else f"wedged: no heartbeat for {now - child.last_heartbeat:.0f}s"
                     )
                     log.error(
                         "%s (pid %d) is %s; killing it", child.name, child.pid, child.kill_reason

@@ -378,3 +378,34 @@ def test_ctrl_c_is_the_programs_again_once_a_pool_stopped_by_a_signal_is_joined(
     finally:
         signal.signal(signal.SIGINT, previous)
 
+
+def test_a_module_slower_to_import_than_the_heartbeat_timeout_is_not_killed_as_wedged(
+    server, tmp_path
+):
+    from slow_start_workers import IMPORT_SECONDS, slow_start
+
+    task_id = server.enqueue("slow_start", {"x": 7})
+    # The heartbeat timeout is shorter than the import; the start-up limit is not.
+    cfg = conductor_config(server, tmp_path / "state", heartbeat_timeout=IMPORT_SECONDS / 4)
+    with TaskHandler([slow_start], cfg, install_signal_handlers=False) as h:
+        h.start_processes()
+        assert server.wait_for([task_id], timeout=60)
+        (worker,) = h.workers_status()
+    assert server.job(task_id).output == {"x": 7}
+    assert worker["restarts"] == 0, worker["last_exit"]
+
+
+def test_a_process_that_does_not_start_within_the_startup_timeout_is_killed_saying_so(
+    server, tmp_path
+):
+    from slow_start_workers import IMPORT_SECONDS, slow_start
+
+    cfg = conductor_config(server, tmp_path / "state", startup_timeout=IMPORT_SECONDS / 4)
+    with TaskHandler([slow_start], cfg, install_signal_handlers=False) as h:
+        h.start_processes()
+        wait_until(
+            lambda: h.workers_status()[0]["restarts"] >= 1, timeout=30, what="the first kill"
+        )
+        (worker,) = h.workers_status()
+    assert "not started within 1s (TASKFLEET_STARTUP_TIMEOUT)" in worker["last_exit"]
+
