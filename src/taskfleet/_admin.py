@@ -68,6 +68,8 @@ def render_metrics(accept: str = "") -> tuple[bytes, str]:
     if directory:
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=directory)
+        for gauge in metrics.POOL_GAUGES.values():
+            registry.register(gauge)
     else:
         registry = metrics.get().registry
     encoder, content_type = choose_encoder(accept)
@@ -173,7 +175,15 @@ class _Handler(BaseHTTPRequestHandler):
                 spool = pool.spool_status()
             except Exception as exc:  # the spool's trouble must not hide the workers
                 spool = {"error": f"{type(exc).__name__}: {exc}"}
-            self._json(200, {"pid": os.getpid(), "workers": pool.workers_status(), "spool": spool})
+            self._json(
+                200,
+                {
+                    "pid": os.getpid(),
+                    "workers": pool.workers_status(),
+                    "queues": pool.queues_status(),
+                    "spool": spool,
+                },
+            )
         elif path == "/":
             self._send(200, b"taskfleet: /metrics /healthz /readyz /workers\n", "text/plain")
         else:

@@ -706,6 +706,22 @@ def status_url(config: Configuration) -> str:
     return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
 
+def queue_lines(queues: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Per task type: what waits for it (when the source told) and its processes."""
+    lines = []
+    for task_type, q in sorted(queues.items()):
+        if "depth" in q:
+            held = f" (+{q['held']} held by workers)" if q.get("held") else ""
+            backlog = f"{q['waiting']} waiting{held}"
+        else:
+            backlog = "backlog unknown"
+        processes = f"{q.get('processes', '?')} process(es)"
+        if q.get("min") != q.get("max"):
+            processes += f", autoscaling {q.get('min')}-{q.get('max')}"
+        lines.append(f"queue {task_type}: {backlog}; {processes}")
+    return lines
+
+
 def spool_lines(spool: Mapping[str, Any]) -> list[str]:
     """The result spool of a pool: rows waiting, rows given up (with the latest reasons)."""
     if not spool:
@@ -729,7 +745,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     url = args.url or status_url(Configuration.from_env())
     pool = fetch_pool(url, _status_token(args), args.timeout)
     print(status_table(pool["workers"]))
-    for line in spool_lines(pool.get("spool") or {}):
+    for line in queue_lines(pool.get("queues") or {}) + spool_lines(pool.get("spool") or {}):
         print(line)
     return EXIT_OK
 
@@ -797,7 +813,12 @@ def _add_run(subs: Any) -> None:
         metavar="MODULE[:ATTR]",
         help="pkg.module or path/file.py; :attr names a worker or a list of workers",
     )
-    p.add_argument("--processes", type=_positive_int, metavar="N", help="processes per worker")
+    p.add_argument(
+        "--processes",
+        type=parsers.PROCESSES.argument,
+        metavar="N|MIN-MAX",
+        help="processes per worker; a range autoscales on the backlog",
+    )
     p.add_argument("--threads", type=_positive_int, metavar="N", help="threads per process")
     _add_config_flags(p)
 

@@ -240,6 +240,34 @@ class Configuration:
         "Upper bound, seconds, of the delay before restarting a process that keeps crashing.",
         _POSITIVE_NUMBER,
     )
+    queue_depth_interval: float = _setting(
+        "TASKFLEET_QUEUE_DEPTH_INTERVAL",
+        5.0,
+        "Seconds between the supervisor's questions to the server about how many tasks wait for"
+        " each type (`taskfleet_queue_depth`, autoscaling); 0 turns them off.",
+        _NONNEG_NUMBER,
+    )
+    scale_up_backlog: float = _setting(
+        "TASKFLEET_SCALE_UP_BACKLOG",
+        1.0,
+        "Autoscaling (`processes=(min, max)`): tasks waiting per free execution slot above which"
+        " a process is added.",
+        _NONNEG_NUMBER,
+    )
+    scale_up_after: float = _setting(
+        "TASKFLEET_SCALE_UP_AFTER",
+        10.0,
+        "Autoscaling: seconds the backlog must stay above `TASKFLEET_SCALE_UP_BACKLOG` before a"
+        " process is added (and between two additions).",
+        _NONNEG_NUMBER,
+    )
+    scale_down_after: float = _setting(
+        "TASKFLEET_SCALE_DOWN_AFTER",
+        60.0,
+        "Autoscaling: seconds a type must stay idle (nothing waiting, one process fewer would do)"
+        " before a process is drained and removed (and between two removals).",
+        _NONNEG_NUMBER,
+    )
     start_method: str = _setting(
         "TASKFLEET_START_METHOD",
         "",

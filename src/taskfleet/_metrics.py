@@ -59,7 +59,7 @@ _EXCEPTION_LABELS = ("taskType", "exception")
 
 @dataclass(frozen=True)
 class _Def:
-    kind: str  # counter | gauge | histogram
+    kind: str  # counter | gauge | histogram | pool (see PoolGauge)
     name: str
     help: str
     labels: tuple[str, ...]
@@ -172,6 +172,19 @@ DEFINITIONS: tuple[_Def, ...] = (
         ("taskType",),
         mode="livemax",
     ),
+    _Def(
+        "pool",
+        "taskfleet_queue_depth",
+        "Tasks the server holds for the type and not finished: waiting, and on NATS delivered"
+        " and not acked (absent while the source cannot tell)",
+        ("taskType",),
+    ),
+    _Def(
+        "counter",
+        "taskfleet_autoscale_decisions",
+        "Worker processes added or removed by autoscaling",
+        ("taskType", "direction"),
+    ),
 )
 
 METRIC_NAMES: frozenset[str] = frozenset(d.name for d in DEFINITIONS)
@@ -268,6 +281,37 @@ class Family:
         return getattr(self.metric, name)
 
 
+class PoolGauge:
+    """A gauge only the supervisor sets, served from its memory rather than the multiprocess
+    files, so a label set can be absent (not zero) while its value is unknown."""
+
+    def __init__(self, d: _Def) -> None:
+        self.definition = d
+        self._values: dict[tuple[str, ...], float] = {}
+
+    def set(self, labels: tuple[str, ...], value: float) -> None:
+        self._values[labels] = value
+
+    def remove(self, labels: tuple[str, ...]) -> None:
+        self._values.pop(labels, None)
+
+    def clear(self) -> None:
+        self._values.clear()
+
+    def collect(self) -> Any:
+        from prometheus_client.core import GaugeMetricFamily
+
+        d = self.definition
+        family = GaugeMetricFamily(d.name, d.help, labels=d.labels)
+        for labels, value in list(self._values.items()):
+            family.add_metric(labels, value)
+        yield family
+
+
+#: The pool gauges by name; a registry that serves the pool's metrics registers each.
+POOL_GAUGES: dict[str, PoolGauge] = {d.name: PoolGauge(d) for d in DEFINITIONS if d.kind == "pool"}
+
+
 class Metrics:
     """The metric objects of one process, as attributes named after the metrics (each a
     :class:`Family`)."""
@@ -288,6 +332,9 @@ class Metrics:
                     registry=self.registry,
                     multiprocess_mode=d.mode or "livesum",  # type: ignore[arg-type]
                 )
+            elif d.kind == "pool":
+                self.registry.register(POOL_GAUGES[d.name])
+                continue
             else:
                 metric = Histogram(
                     d.name, d.help, d.labels, registry=self.registry, buckets=d.buckets

@@ -56,8 +56,12 @@ class WorkerOptions:
         "execution slots per process (concurrent tasks; for ``async def`` handlers, the number"
         " of concurrent coroutines).",
     )
-    processes: int = _option(
-        1, parsers.integer(1), "PROCESSES", "worker processes for this task type."
+    processes: int | tuple[int, int] = _option(
+        1,
+        parsers.PROCESSES,
+        "PROCESSES",
+        "worker processes for this task type; a range ``(min, max)`` (``MIN-MAX`` in text)"
+        " autoscales between them on the backlog (docs/scaling.md).",
     )
     poll_interval: int = _option(
         100,  # as the Conductor SDK
@@ -126,6 +130,12 @@ class WorkerOptions:
         for option in OPTIONS:
             option.form.check(f"{task_type}.{option.name}", getattr(self, option.name))
         return self
+
+    @property
+    def process_range(self) -> tuple[int, int]:
+        """(fewest, most) processes: the same number twice unless ``processes`` is a range."""
+        p = self.processes
+        return (p, p) if isinstance(p, int) else (p[0], p[1])
 
     @property
     def identity(self) -> str:

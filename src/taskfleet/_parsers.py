@@ -188,3 +188,23 @@ LEASE = Form(
     _parse_lease,
     lambda value: isinstance(value, bool) or (_is_number(value) and value > 0),
 )
+
+
+def _parse_processes(text: str) -> int | tuple[int, int]:
+    low, sep, high = text.strip().replace("..", "-").partition("-")
+    value: int | tuple[int, int] = (int(low), int(high)) if sep else int(low)
+    if not _processes_ok(value):
+        raise ValueError
+    return value
+
+
+def _processes_ok(value: Any) -> bool:
+    if isinstance(value, tuple) and len(value) == 2:
+        return all(_is_int(v) for v in value) and 1 <= value[0] <= value[1]
+    return _is_int(value) and value >= 1
+
+
+#: A number of processes >= 1, or a range ``MIN-MAX`` (``(min, max)`` in code) to autoscale in.
+PROCESSES = Form(
+    "an integer >= 1, or a range MIN-MAX with 1 <= MIN <= MAX", _parse_processes, _processes_ok
+)

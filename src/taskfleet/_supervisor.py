@@ -44,6 +44,7 @@ from ._hookrun import HookRunner
 from ._ledger import Ledger, ledger_dir, unpack_task
 from ._options import WorkerOptions, options_from_env, unread_worker_variables
 from ._runner import EXIT_START_FAILED, ChildRecipe, child_main, time_limit_result
+from ._scaling import Autoscaler, QueueDepths
 from ._scratch import ScratchDir
 from ._sources import create_source
 from ._sources.base import HANDED_BACK, WorkerBinding
@@ -105,6 +106,8 @@ class Child:
     #: the process's in-flight ledger, and what was last read from each of its records
     ledger: Ledger | None = None
     ledger_view: dict[int, tuple[int, str]] = field(default_factory=dict)
+    #: being removed (autoscaling): drains like the pool does, by then; it is not replaced
+    retire_by: float | None = None
 
     @property
     def task_type(self) -> str:
@@ -133,6 +136,7 @@ class Child:
             "up_seconds": round(time.monotonic() - self.started, 1) if self.started else 0.0,
             "paused": self.options.paused,
             "polling": bool(status and status.polling),
+            "retiring": self.retire_by is not None,
         }
 
 
@@ -216,7 +220,7 @@ class TaskHandler:
             options = options_from_env(worker.task_type, worker.options, environ).validate(
                 worker.task_type
             )
-            for index in range(options.processes):
+            for index in range(options.process_range[0]):
                 self._children.append(Child(worker, options, index))
         #: logged once, at start-up
         self._unread_variables = unread_worker_variables(environ, seen)
@@ -252,6 +256,8 @@ class TaskHandler:
         self._next_flush = 0.0
         self._stopped_at: float | None = None
         self.started_at = 0.0
+        self._depths: QueueDepths | None = None
+        self._autoscalers: dict[str, Autoscaler] = {}
 
     # -- context manager ----------------------------------------------------------------------
 
@@ -399,6 +405,29 @@ class TaskHandler:
             "recent_dead": spool.dead(limit=10),
         }
 
+    def queues_status(self) -> dict[str, dict[str, Any]]:
+        """What ``/workers`` shows per task type: its backlog (when the source told) and its
+        processes (with the range they autoscale in)."""
+        depths = self._depths
+        latest = depths.latest if depths is not None else {}
+        now = time.monotonic()
+        out: dict[str, dict[str, Any]] = {}
+        with self._lock:
+            for worker in self.workers:
+                children = self._serving(worker.task_type)
+                low, high = children[0].options.process_range if children else (0, 0)
+                entry: dict[str, Any] = {"processes": len(children), "min": low, "max": high}
+                backlog = latest.get(worker.task_type)
+                if backlog is not None and depths is not None and depths.measured_at:
+                    entry.update(
+                        depth=backlog.depth,
+                        waiting=backlog.waiting,
+                        held=backlog.held,
+                        measured_ago=round(now - depths.measured_at, 1),
+                    )
+                out[worker.task_type] = entry
+        return out
+
     def ready(self) -> tuple[bool, str]:
         """Readiness: every worker type has a live process whose last poll succeeded recently
         (or whose slots are all busy). A server outage makes the pool not ready."""
@@ -457,11 +486,12 @@ class TaskHandler:
             out.append(
                 WorkerBinding(
                     worker.task_type,
-                    options.processes,
+                    options.process_range[1],
                     options.threads,
                     options.output_subject or "",
                     options.max_attempts,
                     options.time_limit,
+                    options.domain or "",
                 )
             )
         return out
@@ -472,6 +502,17 @@ class TaskHandler:
         self._agent = SourceAgent(source, HookRunner(self.hooks, 1, "taskfleet-supervisor"))
         self._agent.start(self._bindings(), self.config.state_path / "spool.sqlite3")
         self._spool = self._agent.spool
+        self._depths = QueueDepths(self._agent, self._bindings(), self.config.queue_depth_interval)
+        for worker in self.workers:
+            low, high = next(c.options for c in self._children if c.worker is worker).process_range
+            if low != high:
+                self._autoscalers[worker.task_type] = Autoscaler(
+                    low,
+                    high,
+                    self.config.scale_up_backlog,
+                    self.config.scale_up_after,
+                    self.config.scale_down_after,
+                )
         # What the source resolved at start-up (NATS: the embedded server it acquired).
         self._child_config = source.worker_config(self.config)
 
@@ -548,7 +589,7 @@ class TaskHandler:
                 for child in self._children:
                     self._sync_ledger(child)
                 now = time.monotonic()
-                for child in self._children:
+                for child in list(self._children):
                     gone = child.process is not None and not child.process.is_alive()
                     if gone and child.state is not State.STOPPED:
                         self._on_exit(child, now)
@@ -606,7 +647,7 @@ class TaskHandler:
             elif kind == HELLO:
                 if child.state is State.STARTING:
                     child.state = State.RUNNING
-                if self._stopping:
+                if self._stopping or child.retire_by is not None:
                     self._send(child, (STOP,))
             elif kind == LEAVING:
                 child.leaving = str(message[1])
@@ -707,9 +748,12 @@ class TaskHandler:
         self._sync_ledger(child)  # its last writes: every task it held when it died
         self._drop_ledger(child)
         self._report_lost(child, reason)
-        if self._stopping:
+        if self._stopping or child.retire_by is not None:
             child.state = State.STOPPED
             log.info("%s (pid %d) stopped: %s", child.name, child.pid, reason)
+            if child.retire_by is not None and not self._stopping:
+                with self._lock:
+                    self._children.remove(child)
             return
         if exitcode == EXIT_START_FAILED:
             child.crashes_in_a_row += 1
@@ -844,6 +888,78 @@ class TaskHandler:
                 self._agent.flush_spool()
         if self._textfile is not None:
             self._textfile.periodic(now)
+        if self._depths is not None and self._depths.tick(now):
+            self._autoscale(now)
+        self._retire_due(now)
+
+    # -- autoscaling (docs/scaling.md) ---------------------------------------------------------
+
+    def _serving(self, task_type: str) -> list[Child]:
+        """The type's processes that are not being removed (under the lock)."""
+        return [c for c in self._children if c.task_type == task_type and c.retire_by is None]
+
+    def _autoscale(self, now: float) -> None:
+        assert self._depths is not None
+        for task_type, scaler in self._autoscalers.items():
+            backlog = self._depths.latest.get(task_type)
+            if backlog is None:
+                continue  # unknown: no decision on a guess
+            with self._lock:
+                children = self._serving(task_type)
+                in_flight = sum(len(c.in_flight) for c in children)
+            threads = children[0].options.threads
+            step = scaler.decide(now, backlog.waiting, len(children), threads, in_flight)
+            if step:
+                log.info(
+                    "autoscaling %s: %d -> %d process(es) (%d waiting, %d of %d slots busy)",
+                    task_type,
+                    len(children),
+                    len(children) + step,
+                    backlog.waiting,
+                    in_flight,
+                    len(children) * threads,
+                )
+                metrics.get().taskfleet_autoscale_decisions.labels(
+                    task_type, "up" if step > 0 else "down"
+                ).inc()
+                self.scale_processes(task_type, len(children) + step, now)
+
+    def scale_processes(self, task_type: str, processes: int, now: float) -> None:
+        """Start or remove processes of ``task_type`` until ``processes`` serve it. A removed
+        process drains as on SIGTERM (within the drain timeout), then is not replaced; the
+        youngest go first. Called on the monitor thread."""
+        with self._lock:
+            serving = self._serving(task_type)
+            if not serving or self._stopping:
+                return
+            template = serving[0]
+            for child in sorted(serving, key=lambda c: -c.index)[
+                : max(0, len(serving) - processes)
+            ]:
+                child.retire_by = now + self.config.drain_timeout
+                if child.state is State.WAITING or child.process is None:
+                    child.state = State.STOPPED
+                    self._children.remove(child)
+                else:
+                    child.state = State.STOPPING
+                    self._send(child, (STOP,))
+            used = {c.index for c in self._children if c.task_type == task_type}
+            position = max(i for i, c in enumerate(self._children) if c.task_type == task_type)
+            for _ in range(processes - len(serving)):
+                index = next(i for i in range(len(used) + 1) if i not in used)
+                used.add(index)
+                child = Child(template.worker, template.options, index)
+                position += 1
+                self._children.insert(position, child)
+                self._spawn(child, now)
+
+    def _retire_due(self, now: float) -> None:
+        """Removed processes still running past their drain: hand back their tasks, kill."""
+        for child in list(self._children):
+            if child.retire_by is not None and now >= child.retire_by and not child.kill_reason:
+                self._hand_back(
+                    child, "drain timeout passed", "not finished within the drain timeout"
+                )
 
     # -- drain --------------------------------------------------------------------------------
 
@@ -859,22 +975,25 @@ class TaskHandler:
         if self._stop_now or now >= deadline:
             for child in self._children:
                 if child.state is State.STOPPING and not child.kill_reason:
-                    child.kill_reason = (
-                        "stopped at once" if self._stop_now else "drain timeout passed"
-                    )
-                    with self._lock:
-                        held = list(child.in_flight)
-                    if held:
-                        log.warning("%s: handing back %d unfinished task(s)", child.name, len(held))
-                    self._report_lost(
-                        child,
-                        "handed back: not finished within the drain timeout"
-                        if not self._stop_now
-                        else "handed back: the pool was stopped",
-                        hand_back=True,
-                    )
-                    self._signal(child, signal.SIGKILL)
+                    if self._stop_now:
+                        self._hand_back(child, "stopped at once", "the pool was stopped")
+                    else:
+                        self._hand_back(
+                            child,
+                            "drain timeout passed",
+                            "not finished within the drain timeout",
+                        )
         return all(c.state is State.STOPPED or c.process is None for c in self._children)
+
+    def _hand_back(self, child: Child, kill_reason: str, why: str) -> None:
+        """End a drain of ``child``: report what it holds for a retry now, kill it."""
+        child.kill_reason = kill_reason
+        with self._lock:
+            held = list(child.in_flight)
+        if held:
+            log.warning("%s: handing back %d unfinished task(s)", child.name, len(held))
+        self._report_lost(child, f"handed back: {why}", hand_back=True)
+        self._signal(child, signal.SIGKILL)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         # Signal handlers only set flags; the monitor acts on them.
@@ -903,6 +1022,9 @@ class TaskHandler:
         log.info("pool stopped")
 
     def _cleanup(self) -> None:
+        if self._depths is not None:
+            self._depths.close()
+            self._depths = None
         if self._agent is not None:
             self._agent.close(timeout=self.config.drain_timeout + 30)
             self._agent = None

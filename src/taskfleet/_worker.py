@@ -54,7 +54,7 @@ class WorkerInterface(abc.ABC):
     # WorkerOptions): override it in a subclass or per instance. The annotations are for type
     # checkers; a test holds them equal to WorkerOptions' fields.
     threads: int
-    processes: int
+    processes: int | tuple[int, int]
     poll_interval: int
     poll_timeout: int
     domain: str | None

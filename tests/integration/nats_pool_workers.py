@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 from taskfleet import worker_task
@@ -52,3 +53,14 @@ def stage_enrich(words: list[str]) -> dict:
 @worker_task("stage_count", threads=4, poll_interval=20)
 def stage_count(words: list[str], upper: list[str]) -> dict:
     return {"count": len(words), "first": upper[0] if upper else ""}
+
+
+@worker_task("nats_held_back", paused=True)
+def nats_held_back() -> dict:
+    return {}
+
+
+@worker_task("nats_scaled", threads=2, processes=(1, 3), poll_interval=20)
+def nats_scaled(i: int) -> dict:
+    time.sleep(0.005)
+    return {"i": i, "pid": os.getpid()}

@@ -100,3 +100,14 @@ class HoldingHook:
         deadline = time.monotonic() + 60
         while hold and not os.path.exists(hold) and time.monotonic() < deadline:
             time.sleep(0.05)
+
+
+@worker_task("held_back", paused=True)
+def held_back() -> dict:
+    return {}
+
+
+@worker_task("scaled", threads=2, processes=(1, 3), poll_interval=20)
+def scaled(i: int) -> dict:
+    time.sleep(0.005)
+    return {"i": i, "pid": os.getpid()}

@@ -316,6 +316,12 @@ def pool_with_token() -> Iterator[str]:
         def workers_status(self) -> list[dict[str, object]]:
             return [{"name": "greet#0", "pid": 7, "state": "running"}]
 
+        def queues_status(self) -> dict[str, dict[str, object]]:
+            return {
+                "greet": {"processes": 1, "min": 1, "max": 3, "depth": 7, "waiting": 5, "held": 2},
+                "shout": {"processes": 2, "min": 2, "max": 2},
+            }
+
     config = Configuration.from_env({}, metrics_address="127.0.0.1:0", metrics_token="s3cret")
     server = AdminServer(Pool(), config)  # type: ignore[arg-type]
     server.start()
@@ -329,6 +335,11 @@ def test_status_reads_its_token_from_the_environment_or_a_file(pool_with_token, 
     one_line_error(taskfleet("status", pool_with_token), cli.EXIT_UNAVAILABLE)
     by_env = taskfleet("status", pool_with_token, env={"TASKFLEET_METRICS_TOKEN": "s3cret"})
     assert by_env.returncode == 0 and "greet#0" in by_env.stdout, by_env.stderr
+    # The backlog per type, and the range a type autoscales in; unknown is not zero.
+    assert "queue greet: 5 waiting (+2 held by workers); 1 process(es), autoscaling 1-3" in (
+        by_env.stdout
+    )
+    assert "queue shout: backlog unknown; 2 process(es)\n" in by_env.stdout
     token_file = tmp_path / "token"
     token_file.write_text("s3cret\n")
     by_file = taskfleet("status", pool_with_token, "--token-file", str(token_file))

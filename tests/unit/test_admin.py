@@ -26,6 +26,9 @@ class _Pool:
     def workers_status(self) -> list[dict[str, Any]]:
         return []
 
+    def queues_status(self) -> dict[str, Any]:
+        return {}
+
 
 @contextlib.contextmanager
 def _serving(**settings: Any) -> Iterator[_admin.AdminServer]:

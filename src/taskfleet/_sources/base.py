@@ -25,7 +25,7 @@ from .._task import Task, TaskResult
 if TYPE_CHECKING:
     from .._config import Configuration
 
-__all__ = ["HANDED_BACK", "PollRequest", "TaskSource", "WorkerBinding"]
+__all__ = ["HANDED_BACK", "Backlog", "PollRequest", "TaskSource", "WorkerBinding"]
 
 #: ``TaskResult.exception`` of a task handed back unfinished (the drain timeout passed): it did
 #: not fail, so a source re-queues it without using up one of its retries where the protocol
@@ -55,6 +55,21 @@ class WorkerBinding:
     output_subject: str = ""
     max_attempts: int = 0  # 0: the source's default
     time_limit: float | None = None
+    domain: str = ""
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """What the server holds for one task type: ``waiting`` (not handed to any worker yet) and
+    ``held`` (handed out, not settled; 0 when the source cannot tell them apart)."""
+
+    waiting: int
+    held: int = 0
+
+    @property
+    def depth(self) -> int:
+        """Tasks not finished: what ``taskfleet_queue_depth`` exports."""
+        return self.waiting + self.held
 
 
 class TaskSource(abc.ABC):
@@ -126,6 +141,15 @@ class TaskSource(abc.ABC):
 
     async def close(self) -> None:  # noqa: B027
         """Release connections. Safe to call twice."""
+
+    async def backlog(self, workers: Sequence[WorkerBinding]) -> dict[str, Backlog]:
+        """How many tasks wait for each worker type, in one round of questions to the server.
+
+        Asked by the supervisor only, once per type per ``TASKFLEET_QUEUE_DEPTH_INTERVAL``. A
+        type the source cannot answer for is left out (its gauge stays absent, not zero).
+        Default: no answers.
+        """
+        return {}
 
     # -- what the supervisor asks a source about itself (no I/O) --------------------------------
 

@@ -30,7 +30,7 @@ from .._errors import SourceError, describe_connection_error
 from .._task import Task, TaskResult, TaskStatus
 from .._threads import LoopThreads
 from ._http import Answer, Connection, Endpoint, TransportError
-from .base import PollRequest, TaskSource, WorkerBinding
+from .base import Backlog, PollRequest, TaskSource, WorkerBinding
 
 __all__ = ["ConductorSource", "task_from_wire"]
 
@@ -322,6 +322,22 @@ class ConductorSource(TaskSource):
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
+
+    async def backlog(self, workers: Sequence[WorkerBinding]) -> dict[str, Backlog]:
+        """Scheduled tasks per type, one ``GET /tasks/queue/sizes`` for all of them (a domain's
+        queue is named ``domain:type`` there). Polled tasks are not counted: ``held`` is 0."""
+        queues = {(f"{w.domain}:" if w.domain else "") + w.task_type: w.task_type for w in workers}
+        path = "/tasks/queue/sizes"
+        target = path + "?" + urllib.parse.urlencode({"taskType": list(queues)}, doseq=True)
+
+        def call() -> dict[str, Backlog]:
+            data = self._json(self._request("GET", target), "GET", path)
+            sizes = data if isinstance(data, dict) else {}
+            return {
+                queues[q]: Backlog(n) for q, n in sizes.items() if q in queues and type(n) is int
+            }
+
+        return await self._run(call)
 
     def _extend_one(self, task: Task) -> None:
         body = {

@@ -16,7 +16,7 @@ from typing import Any
 
 from .._errors import SourceError
 from .._task import Task, TaskResult, TaskStatus
-from .base import PollRequest, TaskSource
+from .base import Backlog, PollRequest, TaskSource, WorkerBinding
 
 __all__ = ["MemorySource"]
 
@@ -44,6 +44,7 @@ class MemorySource(TaskSource):
         # Retries are re-queued from slim copies; keep each task's input to restore it.
         self._inputs: dict[str, Mapping[str, Any]] = {}
         self._attempts: dict[str, int] = {}  # per-task max_attempts given to add()
+        self._held: dict[str, int] = {}  # per type: polled, not reported yet
 
     def _condition(self) -> asyncio.Condition:
         if self._cond is None:
@@ -106,13 +107,18 @@ class MemorySource(TaskSource):
         out: list[Task] = []
         while queue and len(out) < request.count:
             out.append(queue.popleft())
+        self._hold(request.task_type, len(out))
         return out
+
+    def _hold(self, task_type: str, n: int) -> None:
+        self._held[task_type] = max(0, self._held.get(task_type, 0) + n)
 
     async def report(self, task: Task, result: TaskResult, *, chain: bool = False) -> Task | None:
         if self.fail_reports > 0:
             self.fail_reports -= 1
             raise SourceError("memory source: injected report failure")
         self.results.setdefault(task.task_id, []).append(result)
+        self._hold(task.task_type, -1)
         retry = result.status is TaskStatus.IN_PROGRESS or (
             result.status is TaskStatus.FAILED
             and task.attempt < self._attempts.get(task.task_id, self.max_attempts)
@@ -130,8 +136,16 @@ class MemorySource(TaskSource):
         if chain:
             queue = self._queues.get(task.task_type)
             if queue:
+                self._hold(task.task_type, 1)
                 return queue.popleft()
         return None
 
     async def extend(self, tasks: Sequence[Task]) -> None:
         return None
+
+    async def backlog(self, workers: Sequence[WorkerBinding]) -> dict[str, Backlog]:
+        """Queued tasks per type; ``held``: polled and not reported yet."""
+        return {
+            w.task_type: Backlog(self.queued(w.task_type), self._held.get(w.task_type, 0))
+            for w in workers
+        }

@@ -71,7 +71,7 @@ from .._nats.wire import (
     task_id_of,
 )
 from .._task import Task, TaskResult, TaskStatus
-from .base import HANDED_BACK, PollRequest, TaskSource, WorkerBinding
+from .base import HANDED_BACK, Backlog, PollRequest, TaskSource, WorkerBinding
 
 __all__ = ["NatsSource"]
 
@@ -509,6 +509,24 @@ class NatsSource(TaskSource):
         for task in tasks:
             if task.handle:
                 await self._settle(task.handle, _PROGRESS, sync=False)
+
+    async def backlog(self, workers: Sequence[WorkerBinding]) -> dict[str, Backlog]:
+        """Per type, its consumer's ``num_pending`` (not delivered yet: waiting) and
+        ``num_ack_pending`` (delivered, not acked: held, naked retries included). A consumer
+        that cannot be read is left out."""
+        js = self._require_js()
+        stream = self.subjects.tasks_stream
+        infos = await asyncio.gather(
+            *(js.consumer_info(stream, consumer_name(w.task_type)) for w in workers),
+            return_exceptions=True,
+        )
+        out: dict[str, Backlog] = {}
+        for worker, info in zip(workers, infos, strict=True):
+            if isinstance(info, BaseException):
+                log.debug("no backlog for %s: %r", worker.task_type, info)
+                continue
+            out[worker.task_type] = Backlog(int(info.num_pending), int(info.num_ack_pending))
+        return out
 
     async def _deliveries_left(self, task: Task) -> bool:
         """Whether JetStream will deliver the task again after a nak."""

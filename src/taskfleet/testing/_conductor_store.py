@@ -493,14 +493,17 @@ class TaskStore:
                 out[task.status] = out.get(task.status, 0) + 1
             return out
 
-    def queue_sizes(self, task_types: Iterable[str]) -> dict[str, int]:
+    def queue_sizes(self, queues: Iterable[str]) -> dict[str, int]:
+        """Scheduled tasks per queue, as Conductor names them: ``type``, or ``domain:type`` for
+        a domain's tasks (each name asked gets an answer, 0 for an unknown one)."""
         with self.cond:
-            return {
-                name: sum(
-                    1 for t in self._tasks.values() if t.task_type == name and t.status == SCHEDULED
-                )
-                for name in task_types
-            }
+            sizes = dict.fromkeys(queues, 0)
+            for t in self._tasks.values():
+                if t.status == SCHEDULED:
+                    name = f"{t.domain}:{t.task_type}" if t.domain else t.task_type
+                    if name in sizes:
+                        sizes[name] += 1
+            return sizes
 
     def all_terminal(self, task_ids: Iterable[str]) -> bool:
         with self.cond:
