@@ -306,7 +306,7 @@ class Delivery:
                     if up and failures < 2:
                         continue
                     await asyncio.to_thread(spool.release, [r.row_id for r in rows[i + 1 :]])
-                    self._export_depth()
+                    await self._export_depth()
                     raise
                 failures = 0
                 self._last_ok = time.monotonic()
@@ -315,7 +315,7 @@ class Delivery:
         self.spool_pending = remaining > 0 or bool(self._held)
         # Rows left are waiting their own backoff: look again in a while, not before each poll.
         self._flush_at = time.monotonic() + (FLUSH_RECHECK if self.spool_pending else 0.0)
-        self._export_depth()
+        await self._export_depth()
         return delivered
 
     async def _deliver_row(self, row: SpooledResult) -> None:
@@ -372,15 +372,21 @@ class Delivery:
                     raise exc from None
         return delivered
 
-    def _export_depth(self) -> None:
-        if self.spool is None:
+    async def _export_depth(self) -> None:
+        """The spool's gauges (the counting in a thread, like all spool I/O)."""
+        spool = self.spool
+        if spool is None:
             return
-        m = metrics.get()
         try:
-            m.taskfleet_spool_depth.set(self.spool.count() + len(self._held))
-            m.taskfleet_spool_dead_results.set(sum(self.spool.dead_counts().values()))
+            waiting, dead = await asyncio.to_thread(
+                lambda: (spool.count(), sum(spool.dead_counts().values()))
+            )
         except Exception as exc:  # a metric is not worth a failed flush
             log.debug("spool depth not exported: %s", exc)
+            return
+        m = metrics.get()
+        m.taskfleet_spool_depth.set(waiting + len(self._held))
+        m.taskfleet_spool_dead_results.set(dead)
 
 
 #: ``TaskResult.exception`` of a result the server refused, reported without its output.
