@@ -28,6 +28,7 @@ import random
 import signal
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -328,6 +329,7 @@ class TaskHandler:
             target=self._monitor_loop, name="taskfleet-monitor", daemon=True
         )
         self._monitor.start()
+        _run_on_after_main(self)
         if self._install_signals and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._old_handlers[sig] = signal.signal(sig, self._on_signal)
@@ -1045,3 +1047,29 @@ class TaskHandler:
         self._ledger_dir = self._metrics_dir = None
         if not self._monitor:
             self._done.set()
+
+
+def _run_on_after_main(pool: TaskHandler) -> None:
+    """Keep a started pool whole when the program's main code ends without joining it.
+
+    Scripts written for the Conductor SDK call ``start_processes()`` and let ``main`` return;
+    the pool is expected to run until SIGTERM. The interpreter then shuts its thread pools
+    down before it waits for anything else, which would leave the supervisor unable to touch
+    the spool or run hooks. A hook of the threading module, run before that shutdown (hooks run
+    last-registered first, and the executors' own is registered on import), waits for the pool
+    to stop instead, so it runs and drains as if ``join_processes()`` had been called.
+    """
+    register = getattr(threading, "_register_atexit", None)
+    if register is None:
+        return
+    import concurrent.futures.thread  # noqa: F401 - registers its hook first, so ours runs first
+
+    ref = weakref.ref(pool)
+
+    def wait_for_the_pool() -> None:
+        alive = ref()
+        if alive is not None and alive._started and not alive._done.is_set():
+            log.info("the program's main code ended; the pool runs until SIGTERM or SIGINT")
+            alive.join_processes()
+
+    register(wait_for_the_pool)

@@ -126,3 +126,59 @@ def test_the_sdk_metrics_settings_write_the_metrics_file_with_the_http_endpoint_
                 )
 
             wait_until(lambda: executions() == 3, what="3 executions in the metrics file")
+
+
+#: The other common shape of an SDK main(): start the processes and let main() return.
+MAIN_WITHOUT_JOIN = """
+import sys
+sys.path.insert(0, {workers_dir!r})
+
+from taskfleet import Configuration, TaskHandler
+import sdk_readme_workers  # declares the annotated worker
+
+
+def main():
+    handler = TaskHandler(configuration=Configuration(), scan_for_annotated_workers=True)
+    handler.start_processes()
+
+
+if __name__ == '__main__':
+    main()
+"""
+
+
+def test_a_pool_whose_main_returns_after_start_keeps_running_whole_until_sigterm(tmp_path):
+    script = tmp_path / "main.py"
+    script.write_text(MAIN_WITHOUT_JOIN.format(workers_dir=str(Path(__file__).parent)))
+    with ConductorTestServer() as server:
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "CONDUCTOR_SERVER_URL": server.url,
+            "TASKFLEET_STATE_DIR": str(tmp_path / "state"),
+            "TASKFLEET_METRICS_ADDRESS": "off",
+        }
+        proc = subprocess.Popen(
+            [sys.executable, str(script)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            # Tasks that come after main() has returned are run all the same.
+            wait_until(lambda: server.request_count("/tasks/poll/batch/python_annotated_task") > 3)
+            ids = server.enqueue_many("python_annotated_task", [{"name": "Ada"}] * 3)
+            done = server.wait_for(ids, timeout=60)
+            proc.send_signal(signal.SIGTERM)
+            _, stderr = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+    assert done, stderr
+    assert proc.returncode == 0, stderr
+    # The supervisor kept its thread pools (spool, hooks): nothing failed for want of them.
+    assert "cannot schedule new futures" not in stderr
+    assert " WARNING " not in stderr and " ERROR " not in stderr, stderr
+    assert "the program's main code ended; the pool runs until SIGTERM or SIGINT" in stderr
+    assert "pool stopped" in stderr
