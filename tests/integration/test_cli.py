@@ -367,6 +367,21 @@ def test_status_table_shows_each_process_and_its_last_error():
     assert second.endswith("killed by SIGSEGV / boom")
 
 
+def test_status_shows_the_spool_and_the_results_it_gave_up_on():
+    spool = {
+        "waiting": 2,
+        "dead": {"a": 1},
+        "recent_dead": [{"task_id": "t1", "task_type": "a", "reason": "refused by the server"}],
+    }
+    assert cli.spool_lines(spool) == [
+        "spool: 2 result(s) waiting, 1 given up (a: 1)",
+        "  t1  a  refused by the server",
+    ]
+    assert cli.spool_lines({"error": "OperationalError: disk I/O error"}) == [
+        "spool: unreadable (OperationalError: disk I/O error)"
+    ]
+
+
 # -- submit --------------------------------------------------------------------------------
 
 

@@ -54,8 +54,19 @@ def test_pool_completes_every_task_once_and_one_scrape_sums_all_processes(server
         wait_until(lambda: completed() >= 200, timeout=5, what="200 executions in /metrics")
         status, body = http_get(base + "/metrics")
         assert status == 200
-        workers = json.loads(http_get(base + "/workers")[1])["workers"]
-        assert http_get(base + "/healthz")[0] == 200
+        # What /healthz and `taskfleet status` read: each process's last poll (sent with its
+        # next heartbeat, at most a second after the poll), the spool.
+        def pool() -> dict:
+            return json.loads(http_get(base + "/workers")[1])
+
+        wait_until(
+            lambda: all(w["last_poll"] > 0 and w["up_seconds"] > 0 for w in pool()["workers"]),
+            timeout=10,
+            what="each process's last poll in /workers",
+        )
+        workers = pool()["workers"]
+        assert pool()["spool"] == {"waiting": 0, "dead": {}, "recent_dead": []}
+        assert http_get(base + "/healthz") == (200, "ok\n")
     jobs = [server.job(i) for i in ids]
     assert all(j.status == "COMPLETED" for j in jobs)
     assert all(len(j.history) == 1 for j in jobs), "a task was executed twice"
