@@ -165,6 +165,9 @@ class TaskClient:
         self._waiters: dict[str, list[asyncio.Future[TaskOutcome]]] = {}
         self._listeners: dict[str, list[queue.Queue[TaskOutcome]]] = {}
         self._watches: dict[str, asyncio.Future[Any]] = {}
+        #: the latest progress event of each running task, and readers of a task's events
+        self._progress: dict[str, TaskOutcome] = {}
+        self._followers: dict[str, list[queue.Queue[TaskOutcome]]] = {}
         self._lease: Any = None
         self._closed = False
         #: the (redacted) URL of the embedded server this client had to start because none was
@@ -269,11 +272,7 @@ class TaskClient:
             ResultTimeout: no result within ``timeout``.
             ConfigurationError: the type of a foreign task id was not given.
         """
-        task_type = task_type or self._types.get(task_id)
-        if task_type is None:
-            raise ConfigurationError(
-                "task_type", f"is required for task {task_id!r}, which this client did not submit"
-            )
+        task_type = self._type_of(task_id, task_type)
 
         async def wait() -> TaskOutcome:
             await self._watch(task_type)
@@ -321,6 +320,72 @@ class TaskClient:
         finally:
             with contextlib.suppress(Exception):
                 self._loop.call_soon(self._listeners.get(task_type, []).remove, inbox)
+
+    def progress(self, task_id: str, *, task_type: str | None = None) -> TaskOutcome | None:
+        """The latest progress event of a running task (``status`` ``IN_PROGRESS``, the partial
+        ``output`` and the ``logs`` sent with it), or None when none arrived yet.
+
+        Progress events are not stored by the server: this client sees those published after
+        it first asked about the task's type (``submit`` does not count; call this, ``events``
+        or ``result`` once to start listening).
+
+        Raises:
+            ConfigurationError: the type of a foreign task id was not given.
+        """
+        task_type = self._type_of(task_id, task_type)
+        self._call(self._watch(task_type))
+        return self._progress.get(task_id)
+
+    def events(
+        self, task_id: str, timeout: float | None = 30.0, *, task_type: str | None = None
+    ) -> Iterator[TaskOutcome]:
+        """A task's progress events as they come, then its final result; then it ends.
+
+        Raises:
+            ResultTimeout: no event within ``timeout`` seconds (None: wait forever).
+            ConfigurationError: the type of a foreign task id was not given.
+        """
+        task_type = self._type_of(task_id, task_type)
+        inbox: queue.Queue[TaskOutcome] = queue.Queue()
+
+        async def follow() -> TaskOutcome | None:
+            await self._watch(task_type)
+            self._followers.setdefault(task_id, []).append(inbox)
+            known = self._outcomes.get(task_id)
+            return known[0] if known is not None else None
+
+        try:
+            final = self._call(follow())
+            while final is None:
+                try:
+                    event = inbox.get(timeout=timeout)
+                except queue.Empty:
+                    raise ResultTimeout(
+                        f"no event of task {task_id} within {timeout:g} s"
+                    ) from None
+                if event.status is not TaskStatus.IN_PROGRESS:
+                    final = event
+                else:
+                    yield event
+            yield final
+        finally:
+            with contextlib.suppress(Exception):
+                self._loop.call_soon(self._unfollow, task_id, inbox)
+
+    def _unfollow(self, task_id: str, inbox: queue.Queue[TaskOutcome]) -> None:
+        followers = self._followers.get(task_id, [])
+        if inbox in followers:
+            followers.remove(inbox)
+        if not followers:
+            self._followers.pop(task_id, None)
+
+    def _type_of(self, task_id: str, task_type: str | None) -> str:
+        found = task_type or self._types.get(task_id)
+        if found is None:
+            raise ConfigurationError(
+                "task_type", f"is required for task {task_id!r}, which this client did not submit"
+            )
+        return found
 
     def depth(self, task_type: str) -> int:
         """Tasks of this type in the work queue: waiting plus in flight (not yet acked).
@@ -489,8 +554,24 @@ class TaskClient:
                     future.set_result(outcome)
             for inbox in self._listeners.get(task_type, []):
                 inbox.put(outcome)
+            self._progress.pop(outcome.task_id, None)
+            for inbox in self._followers.get(outcome.task_id, []):
+                inbox.put(outcome)
+
+        async def on_progress(msg: Any) -> None:
+            try:
+                event = TaskOutcome.from_wire(msg.data)
+            except DecodeError:
+                return
+            if event.task_id in self._outcomes:
+                return  # a late event of a finished task
+            self._progress[event.task_id] = event
+            for inbox in self._followers.get(event.task_id, []):
+                inbox.put(event)
 
         try:
+            # Progress first: no event between the results' replay and this subscription is lost.
+            await self._nc.subscribe(self.subjects.progress(task_type), cb=on_progress)
             return await self._js.subscribe(
                 self.subjects.result(task_type), cb=on_result, ordered_consumer=True
             )

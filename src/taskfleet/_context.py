@@ -6,6 +6,7 @@ executor thread that runs a sync handler, and never leaks between concurrent tas
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,10 @@ class TaskContext:
     #: what :meth:`attach` collected, copied onto the task's result
     details: dict[str, Any] = field(default_factory=dict)
     message: str | None = None
+    #: where :meth:`progress` goes (set by the runner; None: progress is not sent)
+    progress_sink: Callable[[Task, Mapping[str, Any] | None, str | None], None] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     @property
     def task_id(self) -> str:
@@ -63,6 +68,20 @@ class TaskContext:
         if message is not None:
             self.message = str(message)
         self.details.update(details)
+
+    def progress(self, output: Mapping[str, Any] | None = None, log: str | None = None) -> None:
+        """Report progress while the task runs: partial ``output`` and/or a ``log`` line.
+
+        Returns at once, from any thread (a ``def`` handler's, native code's wrapper between
+        calls, ``async def`` code): the update is sent in the background, at most one per task
+        per second, the latest ``output`` winning and log lines accumulating. Conductor gets an
+        ``IN_PROGRESS`` update with the output and logs (which extends the task's lease); NATS
+        an in-progress ack and a progress event ``TaskClient.progress`` sees. See
+        docs/workers.md, "Progress".
+        """
+        sink = self.progress_sink
+        if sink is not None:
+            sink(self.task, output, log)
 
     def add_log(self, message: str) -> None:
         """Attach a log line to the task's result (Conductor shows it with the task)."""

@@ -49,6 +49,7 @@ from ._ledger import Ledger, pack_task
 from ._logs import redact, redact_result
 from ._options import WorkerOptions
 from ._outcome import result_from_exception, to_result
+from ._progress import ProgressSender
 from ._sources.base import PollRequest, TaskSource
 from ._spool import Spool
 from ._task import Task, TaskResult, TaskStatus
@@ -212,6 +213,7 @@ class Runner:
             SourceError, ConfigurationError: when the source cannot start.
         """
         self._loop = asyncio.get_running_loop()
+        self._progress = ProgressSender(self._loop, self.source)
         m = metrics.get()
         m.active_workers.labels(self.task_type).set(1)
         m.taskfleet_worker_slots.labels(self.task_type).set(self.slots)
@@ -554,7 +556,7 @@ class Runner:
 
     async def _execute(self, task: Task) -> TaskResult:
         await self._task_hook("before_execute", task)
-        ctx = TaskContext(task, self.worker_id)
+        ctx = self._context(task)
         started = time.monotonic()
         try:
             if self.worker.is_async:
@@ -580,13 +582,19 @@ class Runner:
 
     def _execute_blocking(self, task: Task) -> TaskResult:
         """A ``def`` handler in the calling slot thread (no hooks: see ``_inline``)."""
-        ctx = TaskContext(task, self.worker_id)
+        ctx = self._context(task)
         started = time.monotonic()
         result = self._call_sync(task, ctx)
         self._executed(task, result, ctx, started)
         return result
 
+    def _context(self, task: Task) -> TaskContext:
+        ctx = TaskContext(task, self.worker_id)
+        ctx.progress_sink = self._progress.offer
+        return ctx
+
     def _executed(self, task: Task, result: TaskResult, ctx: TaskContext, started: float) -> None:
+        self._progress.finished(task.task_id)
         if ctx.logs:
             result.logs[:0] = ctx.logs
         if ctx.details or ctx.message is not None:

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from taskfleet import worker_task
+from taskfleet import Task, TaskInProgress, get_task_context, worker_task
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples" / "native"))
 from workers import count_primes, segfault, spin_forever
@@ -64,3 +64,20 @@ def nats_held_back() -> dict:
 def nats_scaled(i: int) -> dict:
     time.sleep(0.005)
     return {"i": i, "pid": os.getpid()}
+
+
+@worker_task("nats_progress", poll_interval=20)
+def nats_progress(release: str, steps: int = 1000) -> dict:
+    ctx = get_task_context()
+    for i in range(steps):
+        ctx.progress(output={"done": i + 1}, log=f"step {i + 1}" if i + 1 == steps else None)
+    while not os.path.exists(release):
+        time.sleep(0.02)
+    return {"steps": steps}
+
+
+@worker_task("nats_later", poll_interval=20)
+def nats_later(task: Task) -> object:
+    if task.attempt == 1:
+        return TaskInProgress(callback_after_seconds=0.1, output={"stage": "waiting"})
+    return {"stage": "done"}

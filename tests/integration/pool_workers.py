@@ -111,3 +111,32 @@ def held_back() -> dict:
 def scaled(i: int) -> dict:
     time.sleep(0.005)
     return {"i": i, "pid": os.getpid()}
+
+
+def _wait_for(path: str) -> bool:
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return os.path.exists(path)
+
+
+@worker_task("progressing", poll_interval=20)
+def progressing(release: str, steps: int = 10000) -> dict:
+    ctx = get_task_context()
+    ctx.progress(log="starting")
+    for i in range(steps):  # a tight loop: the updates are coalesced, the handler never waits
+        ctx.progress(output={"done": i + 1})
+    return {"released": _wait_for(release), "steps": steps}
+
+
+@worker_task("progressing_async", poll_interval=20)
+async def progressing_async(release: str, steps: int = 10000) -> dict:
+    import asyncio
+
+    ctx = get_task_context()
+    ctx.progress(log="starting")
+    for i in range(steps):
+        ctx.progress(output={"done": i + 1})
+    while not os.path.exists(release):
+        await asyncio.sleep(0.02)
+    return {"released": True, "steps": steps}

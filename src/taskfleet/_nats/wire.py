@@ -69,6 +69,10 @@ class Subjects:
     def result(self, task_type: str) -> str:
         return f"{self.prefix}.results.{check_task_type(task_type)}"
 
+    def progress(self, task_type: str) -> str:
+        """Progress events of running tasks (core NATS, in no stream: only live readers)."""
+        return f"{self.prefix}.progress.{check_task_type(task_type)}"
+
     def dead(self, task_type: str) -> str:
         return f"{self.prefix}.dead.{check_task_type(task_type)}"
 

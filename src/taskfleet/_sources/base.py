@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from .._task import Task, TaskResult
+from .._task import Task, TaskLog, TaskResult
 
 if TYPE_CHECKING:
     from .._config import Configuration
@@ -138,6 +138,17 @@ class TaskSource(abc.ABC):
 
     async def extend(self, tasks: Sequence[Task]) -> None:  # noqa: B027
         """Tell the server these tasks are still being worked on (lease / in-progress ack)."""
+
+    async def progress(
+        self, task: Task, output: Mapping[str, Any] | None, logs: Sequence[TaskLog]
+    ) -> None:
+        """A running handler's progress: partial ``output`` (None: unchanged) and new log
+        lines; also extends the task's lease. Default: :meth:`extend`.
+
+        Raises:
+            SourceError: the update was not sent (the caller logs it and goes on).
+        """
+        await self.extend([task])
 
     async def close(self) -> None:  # noqa: B027
         """Release connections. Safe to call twice."""

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 from .. import _json
 from .._config import Configuration, is_loopback, redact_url
 from .._errors import SourceError, describe_connection_error
-from .._task import Task, TaskResult, TaskStatus
+from .._task import Task, TaskLog, TaskResult, TaskStatus
 from .._threads import LoopThreads
 from ._http import Answer, Connection, Endpoint, TransportError
 from .base import Backlog, PollRequest, TaskSource, WorkerBinding
@@ -338,6 +338,19 @@ class ConductorSource(TaskSource):
             }
 
         return await self._run(call)
+
+    async def progress(
+        self, task: Task, output: Mapping[str, Any] | None, logs: Sequence[TaskLog]
+    ) -> None:
+        """``POST /tasks`` with ``IN_PROGRESS``, the partial output and the new log lines. The
+        server applies them, restarts the task's response-timeout clock, and re-queues the task
+        after ``callbackAfterSeconds``: the task's response timeout (an hour when it has none),
+        so it is polled again only if no progress or result follows within it."""
+        result = task.result(TaskStatus.IN_PROGRESS, output)
+        result.logs = list(logs)
+        result.callback_after_seconds = task.response_timeout_seconds or 3600
+        body = self._result_body(task, result)
+        await self._run(functools.partial(self._request, "POST", "/tasks", body=body))
 
     def _extend_one(self, task: Task) -> None:
         body = {

@@ -45,7 +45,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from nats.errors import MaxPayloadError, NoRespondersError
@@ -70,7 +70,7 @@ from .._nats.wire import (
     task_from_message,
     task_id_of,
 )
-from .._task import Task, TaskResult, TaskStatus
+from .._task import Task, TaskLog, TaskResult, TaskStatus
 from .base import HANDED_BACK, Backlog, PollRequest, TaskSource, WorkerBinding
 
 __all__ = ["NatsSource"]
@@ -469,6 +469,9 @@ class NatsSource(TaskSource):
         left = await self._deliveries_left(task)
         if status is TaskStatus.IN_PROGRESS:
             if left:
+                if result.output_data or result.logs:
+                    # TaskInProgress's output is not lost: readers of progress events see it.
+                    await self._publish_progress(task, result)
                 await self._settle(task.handle, nak_payload(result.callback_after_seconds))
                 return None
             if result.exception == HANDED_BACK:
@@ -527,6 +530,26 @@ class NatsSource(TaskSource):
                 continue
             out[worker.task_type] = Backlog(int(info.num_pending), int(info.num_ack_pending))
         return out
+
+    async def progress(
+        self, task: Task, output: Mapping[str, Any] | None, logs: Sequence[TaskLog]
+    ) -> None:
+        """An in-progress ack (the ack wait starts again), then a progress event on
+        ``<prefix>.progress.<type>``: an ``IN_PROGRESS`` result with the partial output and the
+        new log lines, for ``TaskClient.progress`` and ``TaskClient.events``."""
+        await self.extend([task])
+        result = task.result(TaskStatus.IN_PROGRESS, output)
+        result.logs = list(logs)
+        await self._publish_progress(task, result)
+
+    async def _publish_progress(self, task: Task, result: TaskResult) -> None:
+        try:
+            payload = encode_result(task, result)
+            await self._require_nc().publish(self.subjects.progress(task.task_type), payload)
+        except SourceError:
+            raise
+        except Exception as exc:
+            raise SourceError(f"progress of task {task.task_id} not published: {exc}") from None
 
     async def _deliveries_left(self, task: Task) -> bool:
         """Whether JetStream will deliver the task again after a nak."""
