@@ -51,7 +51,9 @@ def test_conductor_gets_coalesced_in_progress_updates_with_the_latest_output(
     assert job.output["steps"] == STEPS
     sent = updates()
     assert 1 <= len(sent) < 20, f"{STEPS} calls must be coalesced, got {len(sent)} updates"
-    assert [o.output["done"] for o in sent] == sorted(o.output["done"] for o in sent)
+    # The first update may carry only the log line (it goes out at once); then outputs rise.
+    done = [o.output["done"] for o in sent if "done" in o.output]
+    assert done == sorted(done) and done[-1] == STEPS
     assert [o.status for o in job.history][-1] == "COMPLETED"
 
 
