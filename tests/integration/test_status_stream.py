@@ -92,7 +92,9 @@ def test_each_task_posts_started_then_one_outcome_with_what_the_handler_attached
     ids = [
         server.enqueue("tracked", {"x": x}, correlation_id=f"order-{x}") for x in (-1, *range(30))
     ]
-    status = reporter.HttpStatusReporter(receiver.url, outbox=tmp_path / "outbox.sqlite3")
+    status = reporter.HttpStatusReporter(
+        receiver.url, outbox=tmp_path / "outbox.sqlite3", flush_timeout=30
+    )
     config = conductor_config(server, tmp_path / "state")
     with TaskHandler([tracked], config, hooks=[status], install_signal_handlers=False) as h:
         h.start_processes()
@@ -114,7 +116,9 @@ def test_outcomes_the_supervisor_reports_reach_the_hooks(server, receiver, tmp_p
     server.register_task_def("sleeper", retry_count=0)
     crashed = server.enqueue("tracked", {"x": 1, "crash": True}, correlation_id="order-crash")
     stuck = server.enqueue("sleeper", {"seconds": 60}, correlation_id="order-stuck")
-    status = reporter.HttpStatusReporter(receiver.url, outbox=tmp_path / "outbox.sqlite3")
+    status = reporter.HttpStatusReporter(
+        receiver.url, outbox=tmp_path / "outbox.sqlite3", flush_timeout=30
+    )
     config = conductor_config(server, tmp_path / "state", kill_grace=0.5)
     with TaskHandler(
         [tracked.with_options(threads=1), sleeper],
@@ -166,7 +170,9 @@ def test_the_reporter_delivers_every_event_after_its_endpoint_was_down(server, t
         time.sleep(10)  # the endpoint stays down for 10 s while the pool runs on
         receiver = Receiver(port)
         try:
-            wait_until(lambda: len(receiver.events) >= 2 * len(ids), timeout=60, what="every event")
+            wait_until(
+                lambda: len(receiver.events) >= 2 * len(ids), timeout=120, what="every event"
+            )
         finally:
             receiver.close()
     counts = Counter((e["taskId"], e["event"]) for e in receiver.events)
