@@ -314,29 +314,34 @@ def test_scratch_directories_of_a_pool_killed_with_sigkill_are_removed_by_the_ne
     from taskfleet import _scratch
     from taskfleet._ledger import ledger_dir
 
-    def scratch() -> set[str]:
+    bases = {tempfile.gettempdir(), ledger_dir() or tempfile.gettempdir()}
+
+    def scratch_of(pid: int) -> set[str]:
+        """The scratch directories whose lock file process ``pid`` holds open: this pool's
+        own, whatever other pools on the machine have made meanwhile."""
         found = set()
-        bases = {"metrics": tempfile.gettempdir(), "ledger": ledger_dir() or tempfile.gettempdir()}
-        for kind, base in bases.items():
-            found |= {
-                os.path.join(base, n)
-                for n in os.listdir(base)
-                if n.startswith(f"taskfleet-{kind}-")
-            }
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            directory, name = os.path.split(target)
+            if name == _scratch.LOCK_NAME and os.path.dirname(directory) in bases:
+                found.add(directory)
         return found
 
-    before = scratch()
     config = conductor_settings(server, tmp_path / "s")
     with pool_process(tmp_path, "whoami", **config) as proc:
-        left = wait_until(lambda: len(scratch() - before) == 2 and scratch() - before, timeout=30)
+        left = wait_until(lambda: len(scratch_of(proc.pid)) == 2 and scratch_of(proc.pid))
         proc.kill()  # SIGKILL: the supervisor cannot clean up
         proc.wait()
+    assert {os.path.basename(d).split("-")[1] for d in left} == {"metrics", "ledger"}
     assert all(os.path.isdir(d) for d in left)
     monkeypatch.setattr(_scratch, "MIN_ORPHAN_AGE", 0.0)  # they are seconds old, not minutes
     with TaskHandler([whoami], conductor_config(server, tmp_path / "t")) as h:
         h.start_processes()
         assert not any(os.path.exists(d) for d in left)
-        ours = scratch() - before
+        ours = scratch_of(os.getpid())
         assert len(ours) == 2, "the new pool made its own"
     assert not any(os.path.exists(d) for d in ours), "and removed them when it stopped"
 
