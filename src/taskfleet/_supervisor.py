@@ -20,6 +20,7 @@ sentinel, acts on deadlines), the source agent (its own event loop), and the HTT
 
 from __future__ import annotations
 
+import inspect
 import logging
 import multiprocessing
 import os
@@ -29,7 +30,7 @@ import signal
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from multiprocessing.connection import Connection, wait
@@ -195,7 +196,9 @@ class TaskHandler:
         hooks: Sequence[Any] = (),
         install_signal_handlers: bool = True,
         env: dict[str, str] | None = None,
+        **unknown: Any,
     ) -> None:
+        _refuse_arguments(unknown)
         self.config = (configuration or Configuration.from_env(env)).validate()
         if metrics_settings is not None:
             self.config = metrics_settings.apply(self.config)
@@ -1073,3 +1076,33 @@ def _run_on_after_main(pool: TaskHandler) -> None:
             alive.join_processes()
 
     register(wait_for_the_pool)
+
+
+#: Arguments of the Conductor Python SDK's ``TaskHandler`` that taskfleet does not take: what
+#: to do instead (docs/migrating-from-conductor-python.md).
+_SDK_ARGUMENTS = {
+    "event_listeners": (
+        "use hooks=[...] (taskfleet.hooks.HookBase): hooks see every task's start and outcome"
+    ),
+    "monitor_processes": (
+        "taskfleet always supervises its worker processes and restarts them with backoff"
+        " (TASKFLEET_RESTART_BACKOFF_MAX); remove it"
+    ),
+}
+
+
+def _refuse_arguments(unknown: Mapping[str, Any]) -> None:
+    """One line naming the first argument ``TaskHandler`` does not take, and what to use."""
+    if not unknown:
+        return
+    name = sorted(unknown)[0]
+    if name in _SDK_ARGUMENTS:
+        raise ConfigurationError(name, _SDK_ARGUMENTS[name])
+    if name.startswith("restart"):
+        raise ConfigurationError(name, _SDK_ARGUMENTS["monitor_processes"])
+    known = ", ".join(
+        p
+        for p in inspect.signature(TaskHandler.__init__).parameters
+        if p not in ("self", "unknown")
+    )
+    raise ConfigurationError(name, f"is not an argument of TaskHandler (it takes {known})")

@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from taskfleet import ConfigurationError, Task, TaskHandler, WorkerInterface, _worker, worker_task
+from taskfleet import (
+    Configuration,
+    ConfigurationError,
+    Task,
+    TaskHandler,
+    WorkerInterface,
+    _worker,
+    worker_task,
+)
 from taskfleet._options import OPTIONS, options_from_env, unread_worker_variables
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
@@ -167,3 +175,22 @@ def test_worker_variables_no_worker_reads_are_warned_about_naming_the_known_prop
         "CONDUCTOR_WORKER_RESIZ_THREAD_COUNT: ignored: 'RESIZ' is no worker type of this pool"
         " (CONDUCTOR_WORKER_<TYPE>_THREAD_COUNT for resize, thumb)",
     ]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"event_listeners": []}, "event_listeners: use hooks=[...] (taskfleet.hooks.HookBase)"),
+        ({"monitor_processes": True}, "monitor_processes: taskfleet always supervises"),
+        ({"restart_on_failure": True}, "restart_on_failure: taskfleet always supervises"),
+        ({"worker_count": 4}, "worker_count: is not an argument of TaskHandler (it takes workers,"),
+    ],
+)
+def test_task_handler_arguments_it_does_not_take_fail_with_one_line(arguments, message):
+    @worker_task("sdk_handler_args")
+    def noop() -> None:
+        return None
+
+    with pytest.raises(ConfigurationError) as info:
+        TaskHandler([noop], Configuration.from_env(CONFIG_ENV), **arguments)
+    assert str(info.value).startswith(message)
