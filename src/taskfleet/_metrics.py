@@ -22,6 +22,7 @@ from __future__ import annotations
 import bisect
 import collections
 import os
+import struct
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -461,6 +462,11 @@ def _fold(path: str, kind: str) -> None:
     try:
         values = MmapedDict.read_all_values_from_file(path)
     except FileNotFoundError:
+        return
+    except (struct.error, ValueError):
+        # Shorter than its header: the process was killed while creating it, before it wrote
+        # a value. Nothing to fold (and a supervisor must not die of it).
+        os.unlink(path)
         return
     folded = MmapedDict(os.path.join(os.path.dirname(path), f"{kind}_{_FOLDED}.db"))
     try:

@@ -72,3 +72,11 @@ def test_a_polled_task_carries_the_type_polled_for_not_the_one_its_message_names
     # another type must not mint new series.
     task = task_from_wire({"taskId": "t-1", "taskDefName": "x" * 200, "taskType": "y"}, "resize")
     assert task.task_type == "resize"
+
+
+def test_the_empty_files_of_a_process_killed_as_it_started_are_removed_not_fatal(multiproc_dir):
+    # kill -9 between creating a metrics file and writing its header leaves 0 bytes.
+    for kind in ("counter", "histogram"):
+        open(os.path.join(multiproc_dir, f"{kind}_4242.db"), "wb").close()
+    metrics.mark_process_dead(4242)
+    assert not [n for n in os.listdir(multiproc_dir) if "4242" in n]
