@@ -755,10 +755,10 @@ def bench_memory(args: argparse.Namespace) -> list[Row]:
 # -- 6. runner overhead ---------------------------------------------------------------------------
 
 
-def overhead_run(n: int, style: str, threads: int) -> float:
+def overhead_run(n: int, style: str, threads: int, mode: str = "") -> float:
     code = "import sys, bench_workers; sys.exit(bench_workers.overhead_main())"
     out = subprocess.run(
-        [sys.executable, "-c", code, str(n), style, str(threads)],
+        [sys.executable, "-c", code, str(n), style, str(threads), *([mode] if mode else [])],
         env=ENV,
         capture_output=True,
         text=True,
@@ -769,13 +769,21 @@ def overhead_run(n: int, style: str, threads: int) -> float:
 
 def bench_overhead(args: argparse.Namespace) -> list[Row]:
     rows = []
-    for style, threads in (("sync", 1), ("sync", 4), ("async", 4)):
-        values = [overhead_run(args.overhead_tasks, style, threads) for _ in range(args.runs)]
-        log(f"overhead {style} x{threads}: " + ", ".join(f"{v:.0f}" for v in values) + " us/task")
+    # "traced": every task in an execute span, OpenTelemetry SDK, spans dropped by the exporter
+    for style, threads, mode in (
+        ("sync", 1, ""),
+        ("sync", 4, ""),
+        ("async", 4, ""),
+        ("sync", 4, "traced"),
+        ("async", 4, "traced"),
+    ):
+        values = [overhead_run(args.overhead_tasks, style, threads, mode) for _ in range(args.runs)]
+        what = f"{style} x{threads}{' traced' if mode else ''}"
+        log(f"overhead {what}: " + ", ".join(f"{v:.0f}" for v in values) + " us/task")
         rows.append(
             Row(
                 "overhead",
-                f"{style} handler, threads={threads}, MemorySource",
+                f"{style} handler, threads={threads}, MemorySource{', traced' if mode else ''}",
                 "us/task",
                 med(values),
                 None,

@@ -13,6 +13,7 @@ process is up, and stops the pool when its stdin closes. The bench driver measur
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
@@ -177,14 +178,19 @@ def raw_main() -> int:
 def overhead_main() -> int:
     """Runner overhead: N no-op tasks through Runner + MemorySource in this process.
 
-    argv: N style(sync|async) threads [profile]. Prints JSON {"us_per_task": ...}.
+    argv: N style(sync|async) threads [profile|traced]. Prints JSON {"us_per_task": ...}.
+    ``traced``: an OpenTelemetry SDK provider with a batching processor whose exporter drops
+    the spans, so every task runs in its execute span (docs/tracing.md).
     """
     from taskfleet import worker_task
-    from taskfleet._runner import run_inline
+    from taskfleet._runner import Runner
     from taskfleet._sources.memory import MemorySource
 
     n, style, threads = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-    profile = len(sys.argv) > 4 and sys.argv[4] == "profile"
+    mode = sys.argv[4] if len(sys.argv) > 4 else ""
+    profile, traced = mode == "profile", mode == "traced"
+    if traced:
+        _set_up_tracing()
 
     async def anoop() -> dict[str, Any]:
         return {}
@@ -206,7 +212,12 @@ def overhead_main() -> int:
         for _ in range(count):
             source.add("overhead", {})
         started = time.perf_counter()
-        run_inline(worker, source, max_tasks=count)
+        runner = Runner(worker, source, max_tasks=count)  # as run_inline does
+        if traced:
+            from taskfleet import _tracing
+
+            _tracing.instrument(runner)
+        asyncio.run(runner.run())
         assert len(source.results) == count, len(source.results)
         return source.last - started
 
@@ -223,6 +234,23 @@ def overhead_main() -> int:
         return 0
     print(json.dumps({"us_per_task": once(n) / n * 1e6}), flush=True)
     return 0
+
+
+def _set_up_tracing() -> None:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    from taskfleet import Configuration, _tracing
+
+    class Drop(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(Drop()))
+    trace.set_tracer_provider(provider)
+    assert _tracing.configure(Configuration.from_env({}))
 
 
 def main() -> int:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from . import _metrics as metrics
+from . import _tracing
 from ._delivery import Delivery
 from ._errors import SourceError
 from ._hookrun import HookRunner
@@ -93,6 +94,8 @@ class SourceAgent:
     def report(self, task: Task, result: TaskResult) -> Future[Any]:
         """Deliver ``result`` for ``task`` (retries, then the spool), in the background; then
         tell the hooks."""
+        if _tracing.ACTIVE:
+            _tracing.reported(task, result)  # the span the dead process could not end
 
         async def go() -> None:
             error: BaseException | None = None

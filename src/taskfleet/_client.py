@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar
 
-from . import _json
+from . import _json, _tracing
 from ._config import Configuration, redact_url
 from ._errors import ConfigurationError, DecodeError, SourceError, TaskfleetError
 from ._loop import BackgroundLoop, CallTimedOut
@@ -156,6 +156,8 @@ class TaskClient:
             raise ConfigurationError("CONDUCTOR_SERVER_URL", NATS_ONLY)
         self.config = config
         self.subjects = Subjects(config.nats_prefix)
+        #: submit passes the current trace context on (docs/tracing.md)
+        self._trace = config.tracing != "off"
         if max_results < 1 or results_max_age <= 0:
             raise ConfigurationError("max_results", "and results_max_age must be positive")
         self.max_results, self.results_max_age = max_results, results_max_age
@@ -220,7 +222,7 @@ class TaskClient:
             input or {},
             correlation_id=correlation_id,
             output_subject=output_subject,
-            headers=headers,
+            headers=_tracing.inject(headers) if self._trace else headers,
         )
         self._call(self._publish(self.subjects.task(task_type), payload, task_id))
         self._remember_types({task_id: task_type})
@@ -236,9 +238,12 @@ class TaskClient:
                 same ids again is de-duplicated, see :meth:`submit`).
         """
         batch = []
+        headers = _tracing.inject(None) if self._trace else None
         for data in inputs:
             task_id = uuid.uuid4().hex
-            payload = encode_task(task_id, task_type, data, correlation_id=correlation_id)
+            payload = encode_task(
+                task_id, task_type, data, correlation_id=correlation_id, headers=headers
+            )
             batch.append((task_id, payload))
         subject = self.subjects.task(task_type)
 

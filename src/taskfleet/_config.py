@@ -314,6 +314,14 @@ class Configuration:
         "`text` or `json` (one JSON object per line).",
         parsers.choice("text", "json"),
     )
+    tracing: str = _setting(
+        "TASKFLEET_TRACING",
+        "auto",
+        "OpenTelemetry spans: `auto` (a span per task execution when the application set a"
+        " tracer provider), `calls` (as `auto`, plus a client span per poll and per report) or"
+        " `off`; docs/tracing.md.",
+        parsers.choice("auto", "calls", "off"),
+    )
 
     # ----------------------------------------------------------------------------------------
 

@@ -42,6 +42,7 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import IO, TYPE_CHECKING, Any
 
+from . import _tracing
 from ._context import current_task_context
 from ._errors import ConfigurationError
 
@@ -167,6 +168,8 @@ class TaskContextFilter(logging.Filter):
         record.task_type = ctx.task_type if ctx else None
         record.workflow_id = (ctx.workflow_instance_id or None) if ctx else None
         record.correlation_id = (ctx.correlation_id or None) if ctx else None
+        if _tracing.ACTIVE:
+            _tracing.stamp(record)  # trace_id, span_id
         return True
 
 

@@ -38,6 +38,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from . import _metrics as metrics
+from . import _tracing
 from ._backoff import Backoff
 from ._config import Configuration
 from ._context import TaskContext, task_context
@@ -769,6 +770,8 @@ def child_main(recipe: ChildRecipe) -> None:
         hooks=recipe.hooks,
         ledger=ledger,
     )
+    if _tracing.configure(recipe.config):
+        _tracing.instrument(runner)  # handlers run inside their spans (docs/tracing.md)
     signal.signal(signal.SIGTERM, lambda *_: runner.request_stop("SIGTERM"))
     control.listen(runner.request_stop)
     try:
@@ -779,6 +782,8 @@ def child_main(recipe: ChildRecipe) -> None:
         sys.exit(EXIT_START_FAILED)
     finally:
         spool.close()
+        if _tracing.ACTIVE:
+            _tracing.flush()  # a worker process exits without running atexit handlers
     control.leaving(reason)
     sys.exit(EXIT_OK)
 

@@ -37,6 +37,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from . import _metrics as metrics
+from . import _tracing
 from ._agent import SourceAgent
 from ._backoff import restart_delay
 from ._config import Configuration, MetricsSettings
@@ -305,6 +306,7 @@ class TaskHandler:
             log.warning("%s", warning)
         try:
             self._check_picklable()
+            _tracing.configure(self.config)  # spans for the outcomes it reports (docs/tracing.md)
             self._scratch.append(ScratchDir("metrics"))
             self._metrics_dir = self._scratch[-1].path
             metrics.setup(self._metrics_dir)
