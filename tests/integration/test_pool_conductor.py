@@ -54,6 +54,7 @@ def test_pool_completes_every_task_once_and_one_scrape_sums_all_processes(server
         wait_until(lambda: completed() >= 200, timeout=5, what="200 executions in /metrics")
         status, body = http_get(base + "/metrics")
         assert status == 200
+
         # What /healthz and `taskfleet status` read: each process's last poll (sent with its
         # next heartbeat, at most a second after the poll), the spool.
         def pool() -> dict:
@@ -424,4 +425,3 @@ def test_a_process_that_does_not_start_within_the_startup_timeout_is_killed_sayi
         )
         (worker,) = h.workers_status()
     assert "not started within 1s (TASKFLEET_STARTUP_TIMEOUT)" in worker["last_exit"]
-

@@ -1,5 +1,6 @@
-"""Tracing across real processes on NATS (docs/tracing.md): a pool started by a script whose
-processes all export their spans to files (tracing_workers.py); the test reads the files."""
+"""Tracing across real processes on NATS and Conductor (docs/tracing.md): a pool started by a
+script whose processes all export their spans to files (tracing_workers.py); the tests read the
+files and the script's log lines."""
 
 from __future__ import annotations
 
@@ -18,24 +19,21 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 HERE = Path(__file__).resolve().parent
 
 
-@pytest.fixture(scope="module")
-def traced_pool(nats_server, tmp_path_factory):
-    """One pool run for the module's tests: (the script's report, every exported span)."""
-    tmp_path = tmp_path_factory.mktemp("tracing")
+def run_pool(tmp_path, settings, mode):
+    """Run tracing_workers.py: (its report, every span its processes exported, its stderr)."""
     spans_dir = tmp_path / "spans"
     spans_dir.mkdir()
     settings = {
-        "nats_url": nats_server.url,
-        "nats_prefix": "tracing",
-        "nats_ack_wait": 30.0,
         "state_dir": str(tmp_path / "state"),
         "metrics_address": "off",
         "kill_grace": 0.5,
+        **settings,
     }
     env = {
         **os.environ,
         "TRACING_SPANS_DIR": str(spans_dir),
         "TRACING_POOL_CONFIG": json.dumps(settings),
+        "TRACING_POOL_MODE": mode,
         "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
     }
     done = subprocess.run(
@@ -53,6 +51,14 @@ def traced_pool(nats_server, tmp_path_factory):
         for path in spans_dir.glob("*.jsonl")
         for line in path.read_text().splitlines()
     ]
+    return report, spans, done.stderr
+
+
+@pytest.fixture(scope="module")
+def traced_pool(nats_server, tmp_path_factory):
+    """One NATS pool run for the module's tests: (the script's report, every exported span)."""
+    settings = {"nats_url": nats_server.url, "nats_prefix": "tracing", "nats_ack_wait": 30.0}
+    report, spans, _ = run_pool(tmp_path_factory.mktemp("tracing"), settings, "nats")
     return report, spans
 
 
@@ -110,3 +116,38 @@ def test_a_task_whose_process_is_killed_gets_an_error_span_from_the_supervisor(t
     assert span["status"] == "ERROR"
     assert span["attributes"]["taskfleet.reported_by"] == "supervisor"
     assert span["events"][0]["attributes"]["exception.type"] == "WorkerLost"
+
+
+def test_conductor_tasks_continue_a_traceparent_in_their_input_or_start_a_trace(tmp_path):
+    report, spans, stderr = run_pool(tmp_path, {}, "conductor")
+    assert report["outcomes"] == {"linked": "COMPLETED", "unlinked": "COMPLETED", "slow": "FAILED"}
+    client = report["client"]["linked"]
+    executed = {
+        s["attributes"]["messaging.message.id"]: s
+        for s in spans
+        if s["name"] == "execute tr_logged"
+    }
+    linked, unlinked = executed[report["ids"]["linked"]], executed[report["ids"]["unlinked"]]
+    assert linked["attributes"]["messaging.system"] == "conductor"
+    assert linked["trace_id"] == client["trace_id"]
+    assert linked["parent_id"] == client["span_id"]
+    assert unlinked["parent_id"] is None
+    assert unlinked["trace_id"] != client["trace_id"]
+    assert unlinked["attributes"]["taskfleet.workflow.instance_id"] == "wf-unlinked"
+
+    # The handler's JSON log line names the execute span.
+    lines = [json.loads(line) for line in stderr.splitlines() if "tracing log line 1" in line]
+    (line,) = lines
+    assert (line["trace_id"], line["span_id"]) == (linked["trace_id"], linked["span_id"])
+
+    # Past its hard time limit: the pool's error span, in a trace of its own with the workflow id.
+    (slow,) = [s for s in spans if s["name"] == "execute tr_slow"]
+    assert slow["attributes"]["taskfleet.reported_by"] == "supervisor"
+    assert slow["attributes"]["taskfleet.workflow.instance_id"] == "wf-slow"
+    assert slow["status"] == "ERROR"
+    assert slow["events"][0]["attributes"]["exception.type"] == "TimeLimitExceeded"
+
+    # TASKFLEET_TRACING=calls: polls and reports are client spans; a report joins its task's trace.
+    assert any(s["name"] == "poll tr_logged" for s in spans)
+    reports = [s for s in spans if s["name"] == "report tr_logged"]
+    assert {s["trace_id"] for s in reports} >= {linked["trace_id"]}

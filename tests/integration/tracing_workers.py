@@ -4,17 +4,20 @@ Every process that imports this module (the pool's script and each worker proces
 tracer provider whose batching processor (flushed when a worker process leaves) appends finished spans, one JSON object a line, to
 ``$TRACING_SPANS_DIR/<pid>.jsonl``: the test reads what real processes exported.
 
-Run as a script, it starts a NATS pool of these workers (settings as JSON in
-``$TRACING_POOL_CONFIG``), submits tasks inside client spans, waits for their outcomes and
-prints the client spans' ids and the outcomes as JSON.
+Run as a script, it starts a pool of these workers (settings as JSON in
+``$TRACING_POOL_CONFIG``; on NATS, or on a Conductor test server when ``$TRACING_POOL_MODE`` is
+``conductor``), gives it tasks inside client spans, waits for their outcomes and prints the
+client spans' ids and the outcomes as JSON.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 
 from opentelemetry import trace
@@ -87,10 +90,30 @@ def tr_stage3(words: list[str]) -> dict:
     return {"count": len(words)}
 
 
+@worker_task("tr_logged", poll_interval=20)
+def tr_logged(n: int) -> dict:
+    logging.getLogger("tracing.handler").warning("tracing log line %d", n)
+    return {"n": n}
+
+
+@worker_task("tr_slow", poll_interval=20, time_limit=1.0)
+def tr_slow() -> dict:
+    time.sleep(60)
+    return {}
+
+
 WORKERS = [tr_square, tr_fail, tr_killed, tr_stage1, tr_stage2, tr_stage3]
 
 
 def main() -> None:
+    if os.environ.get("TRACING_POOL_MODE") == "conductor":
+        conductor_main()
+    else:
+        nats_main()
+
+
+def nats_main() -> None:
+    """A NATS pool: tasks submitted inside client spans, a pipeline, a failure, a crash."""
     from taskfleet import Configuration, TaskClient, TaskHandler
 
     config = Configuration.from_env({}, **json.loads(os.environ["TRACING_POOL_CONFIG"]))
@@ -122,6 +145,47 @@ def main() -> None:
             outcome = client.result(task_id, timeout=60, task_type=task_type)
             report["outcomes"][name] = outcome.status.value
         pool.stop_processes(30)
+    print(json.dumps(report))
+
+
+def conductor_main() -> None:
+    """A pool on the Conductor test server: a task whose input carries a ``traceparent``, one
+    without, one past its time limit; ``TASKFLEET_TRACING=calls`` and JSON logs."""
+    from taskfleet import Configuration, TaskHandler
+    from taskfleet.testing import ConductorTestServer
+
+    tracer = trace.get_tracer("tests")
+    report: dict = {"client": {}, "ids": {}}
+    with ConductorTestServer() as server:
+        server.register_task_def("tr_slow", retry_count=0)
+        config = Configuration.from_env(
+            {},
+            **json.loads(os.environ["TRACING_POOL_CONFIG"]),
+            source="conductor",
+            conductor_server_url=server.url,
+            tracing="calls",
+            log_format="json",
+        )
+        with tracer.start_as_current_span("workflow start") as span:
+            context = span.get_span_context()
+            traceparent = f"00-{context.trace_id:032x}-{context.span_id:016x}-01"
+            report["client"]["linked"] = {
+                "trace_id": format(context.trace_id, "032x"),
+                "span_id": format(context.span_id, "016x"),
+            }
+        ids = {
+            "linked": server.enqueue(
+                "tr_logged", {"n": 1, "traceparent": traceparent}, workflow_id="wf-linked"
+            ),
+            "unlinked": server.enqueue("tr_logged", {"n": 2}, workflow_id="wf-unlinked"),
+            "slow": server.enqueue("tr_slow", {}, workflow_id="wf-slow"),
+        }
+        report["ids"] = ids
+        with TaskHandler([tr_logged, tr_slow], config, install_signal_handlers=False) as pool:
+            pool.start_processes()
+            assert server.wait_for(list(ids.values()), timeout=60), server.counts()
+            pool.stop_processes(30)
+        report["outcomes"] = {name: server.job(i).status for name, i in ids.items()}
     print(json.dumps(report))
 
 
