@@ -10,6 +10,10 @@ without making it not-alive. ``/workers`` is JSON about each process and the res
 whether the pool is alive and ready, and which task type is not, nothing else), so orchestrators
 need no secret.
 
+``POST /workers/{type}/pause``, ``/resume`` and ``/scale`` change a running pool (``_operate.py``).
+Every POST needs the token; without one configured, POST is refused unless the endpoint listens
+on loopback only, where nobody from another host can reach it.
+
 The endpoint is bounded: a connection that sends nothing for :data:`REQUEST_TIMEOUT` seconds is
 closed, at most :data:`MAX_CONNECTIONS` are served at once (more are answered 503 and closed), and
 an error while answering is a 500, never a dead thread (``docs/deployment.md``, Security).
@@ -26,6 +30,7 @@ import os
 import tempfile
 import threading
 import time
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
@@ -146,14 +151,59 @@ class _Handler(BaseHTTPRequestHandler):
         self.do_GET()
 
     def do_GET(self) -> None:
+        self._guarded(self._answer)
+
+    def do_POST(self) -> None:
+        self._guarded(self._answer_post)
+
+    def _guarded(self, answer: Any) -> None:
         try:
-            self._answer()
+            answer()
         except OSError:  # the client went away or stopped reading: nothing left to answer
             self.close_connection = True
         except Exception:
             log.exception("HTTP endpoint: %s failed", self.path.split("?", 1)[0])
             self.close_connection = True
             self._send(500, b"internal error\n", "text/plain")
+
+    def _answer_post(self) -> None:
+        """``POST /workers/{type}/{action}``: the token first, then the body, then the pool."""
+        from ._operate import MAX_BODY, answer
+
+        if self.server.token:
+            if not self._authorised():
+                self.close_connection = True
+                self._json(401, {"error": "unauthorized: Authorization: Bearer <token> needed"})
+                return
+        elif not self.server.loopback:
+            self.close_connection = True
+            self._json(
+                403,
+                {
+                    "error": "POST needs TASKFLEET_METRICS_TOKEN when the endpoint is reachable"
+                    " from other hosts (docs/deployment.md, Security)"
+                },
+            )
+            return
+        parts = self.path.split("?", 1)[0].strip("/").split("/")
+        if len(parts) != 3 or parts[0] != "workers":
+            self.close_connection = True
+            self._json(404, {"error": "POST /workers/{type}/pause, /resume or /scale"})
+            return
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if self.headers.get("Transfer-Encoding"):
+            length = -1  # a chunked body: the few bytes asked for come with a length
+        if not 0 <= length <= MAX_BODY:
+            self.close_connection = True
+            self._json(413 if length > MAX_BODY else 400, {"error": "bad Content-Length"})
+            return
+        body = self.rfile.read(length) if length else b""
+        task_type = urllib.parse.unquote(parts[1])
+        status, obj = answer(self.server.pool, task_type, parts[2], body)
+        self._json(status, obj)
 
     def _answer(self) -> None:
         path = self.path.split("?", 1)[0].rstrip("/") or "/"
@@ -195,6 +245,8 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     pool: TaskHandler
     token: str
+    #: listening on loopback only: POST without a token is allowed
+    loopback: bool
 
     def __init__(self, address: tuple[str, int], max_connections: int, timeout: float) -> None:
         super().__init__(address, _Handler)
@@ -272,6 +324,7 @@ class AdminServer:
         self._server = _listen(config)
         self._server.pool = pool
         self._server.token = config.metrics_token
+        self._server.loopback = is_loopback(str(self._server.server_address[0]))
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="taskfleet-http", daemon=True
         )

@@ -8,6 +8,8 @@ Sub-commands (``taskfleet <command> --help`` for each)::
     results TYPE            print the results of a task type (``--follow`` for new ones)
     nats-server             run the embedded NATS server in the foreground
     status [URL]            a running pool's ``/workers`` as a table
+    pause|resume TYPE       stop or restart a task type's polling in a running pool
+    scale TYPE --processes  set a task type's processes in a running pool
     config                  every setting and its effective value (secrets redacted)
 
 Exit codes (also in ``docs/cli.md``) are the ``EXIT_*`` constants below. Every expected error
@@ -665,6 +667,8 @@ def status_table(workers: Sequence[Mapping[str, Any]]) -> str:
     for w in workers:
         row = {key: "" if w.get(key) is None else str(w.get(key)) for _, key in STATUS_COLUMNS}
         row["last"] = " / ".join(str(w[k]) for k in ("last_exit", "last_error") if w.get(k))
+        if w.get("paused"):
+            row["state"] += " (paused)"
         rows.append([row[key] for _, key in STATUS_COLUMNS])
     header = [title for title, _ in STATUS_COLUMNS]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
@@ -718,7 +722,8 @@ def queue_lines(queues: Mapping[str, Mapping[str, Any]]) -> list[str]:
         processes = f"{q.get('processes', '?')} process(es)"
         if q.get("min") != q.get("max"):
             processes += f", autoscaling {q.get('min')}-{q.get('max')}"
-        lines.append(f"queue {task_type}: {backlog}; {processes}")
+        paused = "; paused" if q.get("paused") else ""
+        lines.append(f"queue {task_type}: {backlog}; {processes}{paused}")
     return lines
 
 
@@ -781,9 +786,11 @@ def cmd_config(args: argparse.Namespace) -> int:
 EXIT_CODES_HELP = f"""exit codes:
   {EXIT_OK}    ok
   {EXIT_TASKS_FAILED}    task(s) failed, or no result in time (local, submit --wait)
-  {EXIT_USAGE}    usage error: bad option, unknown module, invalid JSON, invalid setting
+  {EXIT_USAGE}    usage error: bad option, unknown module, invalid JSON, invalid setting,
+       unknown task type (pause, resume, scale)
   {EXIT_IMPORT_FAILED}    a user module raised while being imported (traceback printed)
-  {EXIT_UNAVAILABLE}    server unreachable or task source error
+  {EXIT_UNAVAILABLE}    server unreachable or task source error; a pool that does not answer,
+       refuses the token, or is not running (status, pause, resume, scale)
   {EXIT_ADDRESS_IN_USE}    the metrics address is in use (another pool?)
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C)"""
 
@@ -888,13 +895,20 @@ def _add_status(subs: Any) -> None:
         help="the pool's HTTP endpoint (default: from TASKFLEET_METRICS_ADDRESS,"
         " http://127.0.0.1:9464 when unset)",
     )
+    add_token_flags(p, timeout=5.0)
+
+
+def add_token_flags(p: argparse.ArgumentParser, timeout: float) -> None:
+    """``--token-file`` (``--token`` refused) and ``--timeout``: for commands that call a pool."""
     p.add_argument(
         "--token-file",
         metavar="FILE",
         help="file holding the bearer token (default: TASKFLEET_METRICS_TOKEN)",
     )
     p.add_argument("--token", help=argparse.SUPPRESS)  # refused: argv is visible in ps
-    p.add_argument("--timeout", type=float, default=5.0, metavar="S", help="seconds (default 5)")
+    p.add_argument(
+        "--timeout", type=float, default=timeout, metavar="S", help=f"seconds (default {timeout:g})"
+    )
 
 
 def _add_config(subs: Any) -> None:
@@ -929,6 +943,9 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (_add_run, _add_local, _add_submit, _add_results, _add_nats_server):
         add(subs)
     _add_status(subs)
+    from ._operate import add_commands
+
+    add_commands(subs, _subparser)
     _add_config(subs)
     return parser
 

@@ -2,7 +2,7 @@
 
 Each child owns one end of a ``multiprocessing`` pipe. It says that it is up, sends a heartbeat
 from its loop (how the supervisor tells a wedged process from a busy one), and says why it
-leaves. The supervisor sends one instruction: stop (drain). Which tasks a child holds is not
+leaves. The supervisor sends instructions: stop (drain), pause and resume polling. Which tasks a child holds is not
 said here: the in-flight ledger (``ledger.py``) is the one place for that.
 
 Messages are small tuples. Every send happens on the child's event-loop thread, so no lock is
@@ -28,6 +28,8 @@ HEARTBEAT = "hb"  # (HEARTBEAT, ChildStatus)
 LEAVING = "bye"  # (LEAVING, reason): a clean, intended exit (drained, recycled, parent gone)
 # supervisor -> child
 STOP = "stop"
+PAUSE = "pause"
+RESUME = "resume"
 
 
 @dataclass(frozen=True)
@@ -73,9 +75,12 @@ class ControlClient:
     def leaving(self, reason: str) -> None:
         self._send((LEAVING, reason))
 
-    def listen(self, on_stop: Callable[[str], None]) -> None:
+    def listen(
+        self, on_stop: Callable[[str], None], on_pause: Callable[[bool], None] | None = None
+    ) -> None:
         """Start a daemon thread that calls ``on_stop(reason)`` when told to stop or when the
-        supervisor disappears (end of file on the pipe)."""
+        supervisor disappears (end of file on the pipe), and ``on_pause(True or False)`` when
+        told to pause or resume polling."""
         if self._conn is None:
             return
         conn = self._conn
@@ -89,5 +94,7 @@ class ControlClient:
                     return
                 if message and message[0] == STOP:
                     on_stop("asked to stop")
+                elif message and message[0] in (PAUSE, RESUME) and on_pause is not None:
+                    on_pause(message[0] == PAUSE)
 
         threading.Thread(target=reader, name="taskfleet-control", daemon=True).start()

@@ -181,6 +181,12 @@ DEFINITIONS: tuple[_Def, ...] = (
         ("taskType",),
     ),
     _Def(
+        "pool",
+        "taskfleet_worker_paused",
+        "1 while the task type is paused (the paused option, or paused at run time), else 0",
+        ("taskType",),
+    ),
+    _Def(
         "counter",
         "taskfleet_autoscale_decisions",
         "Worker processes added or removed by autoscaling",

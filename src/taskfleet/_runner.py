@@ -157,6 +157,8 @@ class Runner:
         self._inline = False
         self._running: dict[str, asyncio.Task[None]] = {}
         self._stopping = False
+        #: no polling (the ``paused`` option, then the supervisor's pause and resume)
+        self._paused = self.options.paused
         #: what the poll loop awaits while it sleeps (None: it is not sleeping)
         self._waiter: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -191,6 +193,21 @@ class Runner:
             )
         self._stopping = True
         self.stop_reason = self.stop_reason or reason
+        self._wake_up()
+
+    def set_paused(self, paused: bool) -> None:
+        """Stop or start polling (docs/workers.md, Runtime control); running tasks go on.
+        Safe from any thread."""
+        loop = self._loop
+        if loop is None:
+            self._paused = paused
+        else:
+            loop.call_soon_threadsafe(self._pause_now, paused)
+
+    def _pause_now(self, paused: bool) -> None:
+        if paused != self._paused:
+            log.info("%s: %s", self.task_type, "paused" if paused else "resumed")
+        self._paused = paused
         self._wake_up()
 
     # -- hooks --------------------------------------------------------------------------------
@@ -256,7 +273,7 @@ class Runner:
         m = metrics.get()
         linger_until = 0.0
         while not self._stopping:
-            if self.options.paused:
+            if self._paused:
                 self._polling = False
                 await self._sleep(1.0)
                 continue
@@ -476,7 +493,7 @@ class Runner:
                 # Checked once per task (it may read /proc); a process about to be recycled
                 # does not take a chained task it would have to run first.
                 recycle = self._recycle_reason(completed)
-                chain = not self._stopping and not self.options.paused and not recycle
+                chain = not self._stopping and not self._paused and not recycle
                 await self._task_hook("before_report", task, result)
                 error: BaseException | None = None
                 next_task: Task | None = None
@@ -514,7 +531,7 @@ class Runner:
             result = self._execute_blocking(task)
             completed = self._stats.completed = next(self._completed)
             recycle = self._recycle_reason(completed)
-            chain = not self._stopping and not self.options.paused and not recycle
+            chain = not self._stopping and not self._paused and not recycle
             try:
                 next_task = delivery.report_blocking(task, result, chain=chain)
             except Exception as exc:  # SourceError: the loop retries or spools
@@ -773,7 +790,7 @@ def child_main(recipe: ChildRecipe) -> None:
     if _tracing.configure(recipe.config):
         _tracing.instrument(runner)  # handlers run inside their spans (docs/tracing.md)
     signal.signal(signal.SIGTERM, lambda *_: runner.request_stop("SIGTERM"))
-    control.listen(runner.request_stop)
+    control.listen(runner.request_stop, runner.set_paused)
     try:
         reason = asyncio.run(runner.run())
     except (ConfigurationError, SourceError) as exc:

@@ -31,7 +31,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -41,10 +41,11 @@ from . import _tracing
 from ._agent import SourceAgent
 from ._backoff import restart_delay
 from ._config import Configuration, MetricsSettings
-from ._control import HEARTBEAT, HELLO, LEAVING, STOP, ChildStatus
+from ._control import HEARTBEAT, HELLO, LEAVING, PAUSE, RESUME, STOP, ChildStatus
 from ._errors import ConfigurationError
 from ._hookrun import HookRunner
 from ._ledger import Ledger, ledger_dir, unpack_task
+from ._operate import Requests, process_range
 from ._options import WorkerOptions, options_from_env, unread_worker_variables
 from ._runner import EXIT_START_FAILED, ChildRecipe, child_main, time_limit_result
 from ._scaling import Autoscaler, QueueDepths
@@ -64,6 +65,7 @@ TICK = 0.1
 #: A child that lived this long (or completed a task) is considered healthy: its next crash
 #: restarts it at once instead of with a growing delay.
 HEALTHY_AFTER = 30.0
+WORKER_PAUSED = "taskfleet_worker_paused"
 
 
 class State(str, Enum):
@@ -263,6 +265,8 @@ class TaskHandler:
         self.started_at = 0.0
         self._depths: QueueDepths | None = None
         self._autoscalers: dict[str, Autoscaler] = {}
+        #: pause, resume and scale asked for on other threads (docs/workers.md, Runtime control)
+        self._requests = Requests()
 
     # -- context manager ----------------------------------------------------------------------
 
@@ -396,6 +400,41 @@ class TaskHandler:
                     self.config.drain_timeout,
                 )
 
+    def pause(self, task_type: str) -> dict[str, Any]:
+        """Stop polling for ``task_type`` within one poll timeout; its running tasks finish and
+        keep their leases, its processes stay up, its autoscaling waits (docs/workers.md,
+        Runtime control). Returns the type's entry of ``/workers`` ``queues``.
+
+        Raises:
+            ValueError: an unknown task type.
+            RuntimeError: the pool is not running.
+        """
+        return self._change(task_type, self._set_paused, True)
+
+    def resume(self, task_type: str) -> dict[str, Any]:
+        """Poll for a paused ``task_type`` again (see :meth:`pause`)."""
+        return self._change(task_type, self._set_paused, False)
+
+    def scale(self, task_type: str, processes: int | tuple[int, int]) -> dict[str, Any]:
+        """Run ``processes`` processes for ``task_type`` from now on: a number fixes the count
+        (autoscaling of the type stops until the next scale), a ``(min, max)`` range autoscales
+        in it. Removed processes drain as on SIGTERM; new ones start as at start-up.
+
+        Raises:
+            ValueError: an unknown task type, or not a number >= 1 nor a range of them.
+            RuntimeError: the pool is not running.
+        """
+        low, high = process_range(processes)
+        return self._change(task_type, self._set_range, low, high)
+
+    def _change(self, task_type: str, apply: Any, *args: Any) -> dict[str, Any]:
+        if task_type not in {w.task_type for w in self.workers}:
+            raise ValueError(f"unknown task type {task_type!r}")
+        if not self._started or self._stopping:
+            raise RuntimeError("the pool is not running")
+        self._requests.call(lambda: apply(task_type, *args))
+        return self.queues_status()[task_type]
+
     def workers_status(self) -> list[dict[str, Any]]:
         """What ``/workers`` shows: one entry per process slot."""
         with self._lock:
@@ -423,7 +462,12 @@ class TaskHandler:
             for worker in self.workers:
                 children = self._serving(worker.task_type)
                 low, high = children[0].options.process_range if children else (0, 0)
-                entry: dict[str, Any] = {"processes": len(children), "min": low, "max": high}
+                entry: dict[str, Any] = {
+                    "processes": len(children),
+                    "min": low,
+                    "max": high,
+                    "paused": bool(children and children[0].options.paused),
+                }
                 backlog = latest.get(worker.task_type)
                 if backlog is not None and depths is not None and depths.measured_at:
                     entry.update(
@@ -513,15 +557,15 @@ class TaskHandler:
         for worker in self.workers:
             low, high = next(c.options for c in self._children if c.worker is worker).process_range
             if low != high:
-                self._autoscalers[worker.task_type] = Autoscaler(
-                    low,
-                    high,
-                    self.config.scale_up_backlog,
-                    self.config.scale_up_after,
-                    self.config.scale_down_after,
-                )
+                self._autoscalers[worker.task_type] = self._autoscaler(low, high)
+            paused = next(c.options for c in self._children if c.worker is worker).paused
+            metrics.POOL_GAUGES[WORKER_PAUSED].set((worker.task_type,), float(paused))
         # What the source resolved at start-up (NATS: the embedded server it acquired).
         self._child_config = source.worker_config(self.config)
+
+    def _autoscaler(self, low: int, high: int) -> Autoscaler:
+        c = self.config
+        return Autoscaler(low, high, c.scale_up_backlog, c.scale_up_after, c.scale_down_after)
 
     def _preload(self) -> None:
         if self._ctx.get_start_method() == "forkserver":
@@ -605,6 +649,7 @@ class TaskHandler:
                     if self._drain_step(now):
                         break
                 else:
+                    self._requests.apply()
                     self._restart_due(now)
                     self._periodic(now)
         except Exception:
@@ -914,6 +959,8 @@ class TaskHandler:
             with self._lock:
                 children = self._serving(task_type)
                 in_flight = sum(len(c.in_flight) for c in children)
+            if not children or children[0].options.paused:
+                continue  # a paused type waits for its resume, whatever its backlog
             threads = children[0].options.threads
             step = scaler.decide(now, backlog.waiting, len(children), threads, in_flight)
             if step:
@@ -959,6 +1006,46 @@ class TaskHandler:
                 position += 1
                 self._children.insert(position, child)
                 self._spawn(child, now)
+
+    def _set_paused(self, task_type: str, paused: bool) -> None:
+        """Pause or resume every process of ``task_type``, and those it starts later (monitor
+        thread)."""
+        with self._lock:
+            for child in self._children:
+                if child.task_type == task_type:
+                    child.options = replace(child.options, paused=paused)
+                    self._send(child, (PAUSE if paused else RESUME,))
+        metrics.POOL_GAUGES[WORKER_PAUSED].set((task_type,), float(paused))
+        scaler = self._autoscalers.get(task_type)
+        if scaler is not None and not paused:
+            scaler.above_since = scaler.idle_since = None  # measured afresh from now on
+        log.info("%s: %s by request", task_type, "paused" if paused else "resumed")
+
+    def _set_range(self, task_type: str, low: int, high: int) -> None:
+        """Scale ``task_type`` by request (monitor thread): a fixed count, or a range that its
+        autoscaler keeps to from now on."""
+        with self._lock:
+            for child in self._children:
+                if child.task_type == task_type:
+                    child.options = replace(
+                        child.options, processes=low if low == high else (low, high)
+                    )
+            serving = len(self._serving(task_type))
+        if low == high:
+            self._autoscalers.pop(task_type, None)
+        elif task_type in self._autoscalers:
+            self._autoscalers[task_type].low, self._autoscalers[task_type].high = low, high
+        else:
+            self._autoscalers[task_type] = self._autoscaler(low, high)
+        target = min(max(serving, low), high)
+        log.info(
+            "%s: scaled by request to %s: %d -> %d process(es)",
+            task_type,
+            low if low == high else f"{low}-{high}",
+            serving,
+            target,
+        )
+        self.scale_processes(task_type, target, time.monotonic())
 
     def _retire_due(self, now: float) -> None:
         """Removed processes still running past their drain: hand back their tasks, kill."""
@@ -1021,6 +1108,7 @@ class TaskHandler:
             self.request_stop()
 
     def _shutdown(self) -> None:
+        self._requests.close()
         for child in self._children:
             if child.process is not None and child.process.is_alive():
                 child.process.join(5)
@@ -1032,6 +1120,7 @@ class TaskHandler:
         if self._depths is not None:
             self._depths.close()
             self._depths = None
+        metrics.POOL_GAUGES[WORKER_PAUSED].clear()
         if self._agent is not None:
             self._agent.close(timeout=self.config.drain_timeout + 30)
             self._agent = None

@@ -140,3 +140,15 @@ async def progressing_async(release: str, steps: int = 10000) -> dict:
     while not os.path.exists(release):
         await asyncio.sleep(0.02)
     return {"released": True, "steps": steps}
+
+
+@worker_task("steady", threads=4, poll_timeout=200, poll_interval=20)
+def steady(seconds: float = 0.0) -> dict:
+    time.sleep(seconds)
+    return {"pid": os.getpid()}
+
+
+@worker_task("manual", threads=2, poll_interval=20)
+def manual(i: int) -> dict:
+    time.sleep(0.005)
+    return {"i": i, "pid": os.getpid()}

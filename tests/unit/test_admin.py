@@ -155,3 +155,57 @@ def test_the_metrics_textfile_is_written_without_following_a_planted_link(tmp_pa
     assert victim.read_text() == "precious\n"
     assert textfile.is_file() and not textfile.is_symlink()
     assert b"# HELP" in textfile.read_bytes()
+
+
+class _Controlled(_Pool):
+    """A pool that records the changes it is asked for."""
+
+    def __init__(self) -> None:
+        self.workers = [type("W", (), {"task_type": "resize"})()]
+        self.calls: list[tuple[str, str]] = []
+
+    def pause(self, task_type: str) -> dict[str, Any]:
+        self.calls.append(("pause", task_type))
+        return {"paused": True}
+
+
+def _post(server: _admin.AdminServer, path: str, body: bytes = b"", **headers: str) -> int:
+    conn = http.client.HTTPConnection(*_address(server), timeout=30)
+    try:
+        conn.request("POST", path, body=body, headers=headers)
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def _controlled(**settings: Any) -> Iterator[tuple[_admin.AdminServer, _Controlled]]:
+    config = Configuration.from_env({}, metrics_address="127.0.0.1:0", **settings)
+    pool = _Controlled()
+    server = _admin.AdminServer(pool, config)  # type: ignore[arg-type]
+    server.start()
+    try:
+        yield server, pool
+    finally:
+        server.stop()
+
+
+def test_without_a_token_post_is_served_on_loopback_only():
+    with _controlled() as (server, pool):
+        assert _post(server, "/workers/resize/pause") == 200
+        # The same endpoint as if it listened on a routable address: refused, nothing changed.
+        server._server.loopback = False
+        assert _post(server, "/workers/resize/pause") == 403
+        assert _get(server, "/healthz")[0] == 200  # GET answers as before
+    assert pool.calls == [("pause", "resize")]
+
+
+def test_with_a_token_every_post_needs_it_and_oversized_bodies_are_refused():
+    with _controlled(metrics_token="s3cret") as (server, pool):
+        assert _post(server, "/workers/resize/pause") == 401
+        assert _post(server, "/workers/resize/pause", Authorization="Bearer nope") == 401
+        assert _post(server, "/workers/nosuch/pause") == 401  # nothing told before the token
+        ok = {"Authorization": "Bearer s3cret"}
+        assert _post(server, "/workers/resize/pause", b"x" * 5000, **ok) == 413
+        assert _post(server, "/workers/resize/pause", **ok) == 200
+    assert pool.calls == [("pause", "resize")]
