@@ -14,11 +14,12 @@ from typing import Any
 
 import pytest
 from helpers import conductor_config, http_get, metric_total, wait_until
+from nats_pool_workers import nats_square
 from pool_workers import manual, scaled, steady
 from test_cli import one_line_error, taskfleet
 from test_pool_scaling import FAST_SCALING, Watch, pids_alive
 
-from taskfleet import TaskHandler
+from taskfleet import TaskClient, TaskHandler
 from taskfleet.testing import ConductorTestServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -240,3 +241,23 @@ def test_the_command_pauses_resumes_and_scales_with_the_status_settings(server, 
     # The pool is gone: the command says so in one line.
     line = one_line_error(taskfleet("resume", "steady", env=env), 4)
     assert line.startswith("taskfleet: cannot reach http://")
+
+
+def test_nats_a_paused_type_fetches_nothing_until_resumed(nats_config):
+    config = nats_config.replace(metrics_address="127.0.0.1:0", queue_depth_interval=0.2)
+    with (
+        TaskClient(config) as client,
+        TaskHandler([nats_square], config, install_signal_handlers=False) as h,
+    ):
+        h.start_processes()
+        wait_until(lambda: all(w["state"] == "running" for w in h.workers_status()))
+        h.pause("nats_square")
+        time.sleep(1.0 + 0.5)  # the fetch waiting when the pause came (1 s) has ended
+        ids = client.submit_many("nats_square", [{"x": i} for i in range(20)])
+        # Still all pending, none handed to a worker, well past a poll timeout.
+        time.sleep(2.0)
+        backlog = wait_until(lambda: h.queues_status()["nats_square"].get("waiting") == 20)
+        assert backlog and h.queues_status()["nats_square"]["held"] == 0
+        h.resume("nats_square")
+        outcomes = [client.result(i, timeout=60) for i in ids]
+    assert [o.output["y"] for o in outcomes] == [i * i for i in range(20)]
