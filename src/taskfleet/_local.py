@@ -65,7 +65,7 @@ def run_local(
 
     ``max_attempts`` counts handler failures and crashes of the child alike.
     """
-    from ._supervisor import _exit_reason
+    from ._slots import exit_reason
 
     by_id = {t.task_id: t for t in tasks}
     outcomes: dict[str, LocalOutcome] = {}
@@ -111,7 +111,7 @@ def run_local(
         receiver.close()
         child.join()
         if child.exitcode != 0:
-            reason, _ = _exit_reason(child.exitcode)
+            reason, _ = exit_reason(child.exitcode)
             for task_id in sorted(running):
                 crashes[task_id] += 1
                 if crashes[task_id] >= max_attempts:
@@ -120,7 +120,7 @@ def run_local(
         left = [t for t in pending if t.task_id not in outcomes]
         if len(left) == len(pending) and not running:
             # The child died before it started anything: starting it again would do the same.
-            reason, _ = _exit_reason(child.exitcode)
+            reason, _ = exit_reason(child.exitcode)
             for task in left:
                 settle(LocalOutcome(task.task_id, task.task_type, TaskStatus.FAILED, {}, reason))
             left = []

@@ -29,22 +29,18 @@ import logging
 import math
 import os
 import resource
-import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from multiprocessing.connection import Connection
 from typing import Any
 
 from . import _metrics as metrics
-from . import _tracing
 from ._backoff import Backoff
-from ._config import Configuration
 from ._context import TaskContext, task_context
 from ._control import ChildStatus, ControlClient
 from ._delivery import Delivery
-from ._errors import ConfigurationError, SourceError
+from ._errors import SourceError
 from ._hookrun import HookRunner
 from ._ledger import Ledger, pack_task
 from ._logs import redact, redact_result
@@ -57,7 +53,7 @@ from ._task import Task, TaskResult, TaskStatus
 from ._threads import LoopThreads
 from ._worker import Worker
 
-__all__ = ["ChildRecipe", "Runner", "child_main"]
+__all__ = ["TIME_LIMIT_EXCEEDED", "Runner", "run_inline", "time_limit_result"]
 
 log = logging.getLogger("taskfleet.runner")
 
@@ -67,9 +63,6 @@ HEARTBEAT_INTERVAL = 1.0
 POLL_LINGER = 0.002
 #: The ``exception`` (metric label) of a task past its time limit.
 TIME_LIMIT_EXCEEDED = "TimeLimitExceeded"
-#: Exit codes of a worker process (the supervisor reads them).
-EXIT_OK = 0
-EXIT_START_FAILED = 3
 
 
 @dataclass
@@ -721,88 +714,6 @@ def _rss_mib() -> float:
     except (OSError, ValueError, IndexError):
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return peak / 1024 if sys.platform != "darwin" else peak / (1024 * 1024)
-
-
-# ------------------------------------------------------------------------------------------
-# The worker process entry point
-# ------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ChildRecipe:
-    """Everything a worker process needs, picklable: it builds its own clients from this."""
-
-    worker: Worker
-    options: WorkerOptions
-    index: int
-    config: Configuration
-    metrics_dir: str | None
-    conn: Connection | None
-    hooks: tuple[Any, ...] = ()
-    #: the in-flight ledger file the supervisor created for this process (None: none)
-    ledger_path: str | None = None
-    #: give handlers' own loggers the pool's logging, unless this process configured the root
-    #: logger itself (False: the application did so in the supervisor)
-    root_logging: bool = True
-
-
-def child_main(recipe: ChildRecipe) -> None:
-    """Body of a worker process (a module-level function, so every start method can run it)."""
-    from ._logs import configure_logging, root_configured, secrets_of
-    from ._sources import create_source
-
-    # The supervisor decides about Ctrl-C for the whole pool; SIGTERM means "drain".
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    configure_logging(
-        recipe.config.log_level,
-        recipe.config.log_format,
-        secrets=secrets_of(recipe.config),
-        # The workers' module may have configured logging when it was imported (unpickling the
-        # recipe imports it): then that configuration is the application's choice.
-        root=recipe.root_logging and not root_configured(),
-    )
-    metrics.setup(recipe.metrics_dir, buffered=True)
-    control = ControlClient(recipe.conn)
-    try:
-        source = create_source(recipe.config)
-        spool = Spool(recipe.config.state_path / "spool.sqlite3", source.spool_key())
-    except (ConfigurationError, SourceError) as exc:
-        log.error("%s: cannot start: %s", recipe.worker.task_type, exc)
-        control.leaving(redact(f"start failed: {exc}"))
-        sys.exit(EXIT_START_FAILED)
-    ledger = None
-    if recipe.ledger_path:
-        try:
-            ledger = Ledger(recipe.ledger_path, recipe.options.threads)
-        except OSError as exc:
-            # Gone with its pool (this process started as the pool stopped): nobody reads it,
-            # and the pipe tells this process soon enough that nobody is listening.
-            log.warning("%s: no in-flight ledger: %s", recipe.worker.task_type, exc)
-    runner = Runner(
-        recipe.worker,
-        source,
-        options=recipe.options,
-        spool=spool,
-        control=control,
-        hooks=recipe.hooks,
-        ledger=ledger,
-    )
-    if _tracing.configure(recipe.config):
-        _tracing.instrument(runner)  # handlers run inside their spans (docs/tracing.md)
-    signal.signal(signal.SIGTERM, lambda *_: runner.request_stop("SIGTERM"))
-    control.listen(runner.request_stop, runner.set_paused)
-    try:
-        reason = asyncio.run(runner.run())
-    except (ConfigurationError, SourceError) as exc:
-        log.error("%s: cannot start: %s", recipe.worker.task_type, exc)
-        control.leaving(redact(f"start failed: {exc}"))
-        sys.exit(EXIT_START_FAILED)
-    finally:
-        spool.close()
-        if _tracing.ACTIVE:
-            _tracing.flush()  # a worker process exits without running atexit handlers
-    control.leaving(reason)
-    sys.exit(EXIT_OK)
 
 
 def run_inline(

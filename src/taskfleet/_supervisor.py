@@ -14,6 +14,9 @@ channel's heartbeats):
 - SIGTERM/SIGINT drains: children stop polling and finish within ``drain_timeout``; what is left
   is handed back (re-queued at once without using up a retry); a second signal stops at once.
 
+Each process runs in a slot (``_slots.py``: its states, its current process's record and the
+restart policy); a process's body is ``_child.py``.
+
 The supervisor's threads: the caller's (start/join/stop), the monitor (reads every child's pipe and
 sentinel, acts on deadlines), the source agent (its own event loop), and the HTTP endpoint.
 """
@@ -31,25 +34,25 @@ import threading
 import time
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from enum import Enum
+from dataclasses import replace
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from . import _metrics as metrics
 from . import _tracing
 from ._agent import SourceAgent
-from ._backoff import restart_delay
+from ._child import ChildRecipe, child_main
 from ._config import Configuration, MetricsSettings
-from ._control import HEARTBEAT, HELLO, LEAVING, PAUSE, RESUME, STOP, ChildStatus
+from ._control import HEARTBEAT, HELLO, LEAVING, PAUSE, RESUME, STOP
 from ._errors import ConfigurationError
 from ._hookrun import HookRunner
 from ._ledger import Ledger, ledger_dir, unpack_task
 from ._operate import Requests, process_range
 from ._options import WorkerOptions, options_from_env, unread_worker_variables
-from ._runner import EXIT_START_FAILED, ChildRecipe, child_main, time_limit_result
+from ._runner import time_limit_result
 from ._scaling import Autoscaler, QueueDepths
 from ._scratch import ScratchDir
+from ._slots import InFlight, Run, Slot, State
 from ._sources import create_source
 from ._sources.base import HANDED_BACK, WorkerBinding
 from ._spool import Spool
@@ -62,100 +65,7 @@ log = logging.getLogger("taskfleet.supervisor")
 
 #: How often the monitor wakes when nothing happens (deadlines, leases, restarts).
 TICK = 0.1
-#: A child that lived this long (or completed a task) is considered healthy: its next crash
-#: restarts it at once instead of with a growing delay.
-HEALTHY_AFTER = 30.0
 WORKER_PAUSED = "taskfleet_worker_paused"
-
-
-class State(str, Enum):
-    STARTING = "starting"
-    RUNNING = "running"
-    STOPPING = "stopping"
-    WAITING = "waiting to restart"
-    STOPPED = "stopped"
-
-
-@dataclass
-class InFlight:
-    task: Task
-    started: float  # monotonic
-    deadline: float | None  # monotonic; None: no time limit
-    lease_every: float | None  # seconds between lease extensions
-    next_lease: float | None
-
-
-@dataclass
-class Child:
-    """One process slot: a worker type and its index; survives restarts of the process."""
-
-    worker: Worker
-    options: WorkerOptions
-    index: int
-    process: Any = None
-    conn: Connection | None = None
-    pid: int = 0
-    state: State = State.STARTING
-    started: float = 0.0
-    last_heartbeat: float = 0.0
-    status: ChildStatus | None = None
-    in_flight: dict[str, InFlight] = field(default_factory=dict)
-    restarts: int = 0
-    crashes_in_a_row: int = 0
-    restart_at: float = 0.0
-    last_exit: str = ""
-    leaving: str = ""
-    kill_reason: str = ""  # why the supervisor is killing it (time limit, wedged, drain)
-    sigkill_at: float | None = None
-    timed_out: set[str] = field(default_factory=set)
-    #: the process's in-flight ledger, and what was last read from each of its records
-    ledger: Ledger | None = None
-    ledger_view: dict[int, tuple[int, str]] = field(default_factory=dict)
-    #: being removed (autoscaling): drains like the pool does, by then; it is not replaced
-    retire_by: float | None = None
-
-    @property
-    def task_type(self) -> str:
-        return self.worker.task_type
-
-    @property
-    def name(self) -> str:
-        return f"{self.task_type}#{self.index}"
-
-    def describe(self) -> dict[str, Any]:
-        status = self.status
-        return {
-            "name": self.name,
-            "task_type": self.task_type,
-            "index": self.index,
-            "pid": self.pid or None,
-            "state": self.state.value,
-            "threads": self.options.threads,
-            "in_flight": len(self.in_flight),
-            "completed": status.completed if status else 0,
-            "restarts": self.restarts,
-            "last_exit": self.last_exit,
-            "last_error": status.last_error if status else "",
-            "last_poll_ok": status.last_poll_ok if status else 0.0,
-            "last_poll": status.last_poll if status else 0.0,
-            "up_seconds": round(time.monotonic() - self.started, 1) if self.started else 0.0,
-            "paused": self.options.paused,
-            "polling": bool(status and status.polling),
-            "retiring": self.retire_by is not None,
-        }
-
-
-def _exit_reason(exitcode: int | None) -> tuple[str, str]:
-    """(human reason, bounded metric label) for a process exit code."""
-    if exitcode is None:
-        return "worker process vanished", "unknown"
-    if exitcode < 0:
-        try:
-            name = signal.Signals(-exitcode).name
-        except ValueError:
-            name = f"signal {-exitcode}"
-        return f"worker process killed by {name}", name
-    return f"worker process exited with code {exitcode}", f"exit_{exitcode}"
 
 
 def _given(worker: Worker, workers: list[Worker]) -> bool:
@@ -217,7 +127,7 @@ class TaskHandler:
                 " scan_for_annotated_workers=True to run every @worker_task declared",
             )
         seen: set[str] = set()
-        self._children: list[Child] = []
+        self._children: list[Slot] = []
         for worker in self.workers:
             if worker.task_type in seen:
                 raise ConfigurationError(
@@ -228,7 +138,7 @@ class TaskHandler:
                 worker.task_type
             )
             for index in range(options.process_range[0]):
-                self._children.append(Child(worker, options, index))
+                self._children.append(Slot(worker, options, index))
         #: logged once, at start-up
         self._unread_variables = unread_worker_variables(environ, seen)
         self.hooks = tuple(hooks)
@@ -261,8 +171,6 @@ class TaskHandler:
         self._old_handlers: dict[int, Any] = {}
         self._last_tick = time.monotonic()
         self._next_flush = 0.0
-        self._stopped_at: float | None = None
-        self.started_at = 0.0
         self._depths: QueueDepths | None = None
         self._autoscalers: dict[str, Autoscaler] = {}
         #: pause, resume and scale asked for on other threads (docs/workers.md, Runtime control)
@@ -294,7 +202,6 @@ class TaskHandler:
             if self._started:
                 return
             self._started = True
-        self.started_at = time.monotonic()
         from ._logs import root_configured
 
         # An application that set up the root logger keeps it, in worker processes too.
@@ -328,8 +235,8 @@ class TaskHandler:
             # Nothing half-started survives a failed start: stop what did start, then re-raise.
             self._kill_all("start-up failed")
             for child in self._children:
-                if child.process is not None:
-                    child.process.join(5)
+                if child.run.process is not None:
+                    child.run.process.join(5)
             self._cleanup()
             self._started = False
             self._done.set()
@@ -396,7 +303,7 @@ class TaskHandler:
                 self._drain_deadline = time.monotonic() + self.config.drain_timeout
                 log.info(
                     "draining: %d task(s) in flight, up to %.0fs",
-                    sum(len(c.in_flight) for c in self._children),
+                    sum(len(c.run.in_flight) for c in self._children),
                     self.config.drain_timeout,
                 )
 
@@ -490,7 +397,7 @@ class TaskHandler:
                 children = [c for c in self._children if c.task_type == task_type]
                 ok = False
                 for c in children:
-                    s = c.status
+                    s = c.run.status
                     if c.state is not State.RUNNING or s is None:
                         continue
                     window = max(
@@ -541,8 +448,7 @@ class TaskHandler:
                     options.threads,
                     options.output_subject or "",
                     options.max_attempts,
-                    options.time_limit,
-                    options.domain or "",
+                    domain=options.domain or "",
                 )
             )
         return out
@@ -572,7 +478,7 @@ class TaskHandler:
             # Children fork from a server that has already imported the runtime and the source
             # (no threads, no sockets): a restarted process is serving again sooner.
             assert self._agent is not None
-            modules = ["taskfleet._runner", "taskfleet._delivery"]
+            modules = ["taskfleet._child", "taskfleet._runner", "taskfleet._delivery"]
             modules += self._agent.source.preload_modules()
             self._ctx.set_forkserver_preload(modules)
 
@@ -585,15 +491,14 @@ class TaskHandler:
 
     # -- processes ----------------------------------------------------------------------------
 
-    def _spawn(self, child: Child, now: float) -> None:
+    def _spawn(self, child: Slot, now: float) -> None:
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
         assert self._ledger_dir is not None
         self._spawns += 1
         # A new file per process: a replacement never sees its predecessor's records.
-        child.ledger = Ledger.create(
+        ledger = Ledger.create(
             os.path.join(self._ledger_dir, f"{self._spawns}.ledger"), child.options.threads
         )
-        child.ledger_view = {}
         recipe = ChildRecipe(
             child.worker,
             child.options,
@@ -602,7 +507,7 @@ class TaskHandler:
             self._metrics_dir,
             child_conn,
             self.hooks,
-            child.ledger.path,
+            ledger.path,
             self._root_logging,
         )
         process = self._ctx.Process(  # type: ignore[attr-defined]
@@ -610,28 +515,20 @@ class TaskHandler:
         )
         process.start()
         child_conn.close()
-        child.process = process
-        child.conn = parent_conn
-        child.pid = process.pid or 0
-        child.state = State.STARTING
-        child.started = now
-        child.last_heartbeat = now
-        child.status = None
-        child.leaving = ""
-        child.kill_reason = ""
-        child.sigkill_at = None
-        child.timed_out = set()
-        log.debug("started %s as pid %d", child.name, child.pid)
+        child.spawned(
+            Run(process, parent_conn, process.pid or 0, now, last_heartbeat=now, ledger=ledger)
+        )
+        log.debug("started %s as pid %d", child.name, child.run.pid)
 
     def _monitor_loop(self) -> None:
         try:
             while True:
                 self._last_tick = time.monotonic()
-                conns = [c.conn for c in self._children if c.conn is not None]
+                conns = [c.run.conn for c in self._children if c.run.conn is not None]
                 sentinels = [
-                    c.process.sentinel
+                    c.run.process.sentinel
                     for c in self._children
-                    if c.process is not None and c.state is not State.STOPPED
+                    if c.run.process is not None and c.state is not State.STOPPED
                 ]
                 ready = wait(conns + sentinels, timeout=TICK)
                 for obj in ready:
@@ -641,7 +538,7 @@ class TaskHandler:
                     self._sync_ledger(child)
                 now = time.monotonic()
                 for child in list(self._children):
-                    gone = child.process is not None and not child.process.is_alive()
+                    gone = child.run.process is not None and not child.run.process.is_alive()
                     if gone and child.state is not State.STOPPED:
                         self._on_exit(child, now)
                 self._check_deadlines(now)
@@ -658,9 +555,9 @@ class TaskHandler:
         finally:
             self._shutdown()
 
-    def _child_for(self, conn: Connection) -> Child | None:
+    def _child_for(self, conn: Connection) -> Slot | None:
         for c in self._children:
-            if c.conn is conn:
+            if c.run.conn is conn:
                 return c
         return None
 
@@ -677,34 +574,25 @@ class TaskHandler:
                 message = conn.recv()
             except (EOFError, OSError):
                 conn.close()
-                child.conn = None
+                child.run.conn = None
                 return
             self._handle(child, message)
 
-    def _handle(self, child: Child, message: tuple[Any, ...]) -> None:
+    def _handle(self, child: Slot, message: tuple[Any, ...]) -> None:
         kind = message[0]
         now = time.monotonic()
-        child.last_heartbeat = now
+        child.run.last_heartbeat = now
         with self._lock:
             if kind == HEARTBEAT:
-                child.status = message[1]
-                if child.state is State.STARTING:
-                    child.state = State.RUNNING
-                if child.status is not None and (
-                    child.status.completed or child.status.last_poll_ok
-                ):
-                    # Started up far enough to poll: restart backoff is for processes that cannot
-                    # get going (bad import, unreachable server), not for ones killed mid-work.
-                    child.crashes_in_a_row = 0
+                child.heard_from(message[1])
             elif kind == HELLO:
-                if child.state is State.STARTING:
-                    child.state = State.RUNNING
+                child.heard_from()
                 if self._stopping or child.retire_by is not None:
                     self._send(child, (STOP,))
             elif kind == LEAVING:
-                child.leaving = str(message[1])
+                child.run.leaving = str(message[1])
 
-    def _track(self, child: Child, task: Task, started: float) -> None:
+    def _track(self, child: Slot, task: Task, started: float) -> None:
         """Hold ``task`` as in flight in ``child`` since ``started`` (monotonic); under the lock."""
         opts = child.options
         # An async handler's own (soft) limit fires first and fails just that task; the hard
@@ -712,22 +600,22 @@ class TaskHandler:
         grace = self.config.kill_grace + 1.0 if child.worker.is_async else 0.0
         deadline = started + opts.time_limit + grace if opts.time_limit else None
         every = self._lease_interval(opts, task)
-        child.in_flight[task.task_id] = InFlight(
+        child.run.in_flight[task.task_id] = InFlight(
             task, started, deadline, every, started + every if every else None
         )
 
-    def _sync_ledger(self, child: Child) -> None:
-        """Bring ``child.in_flight`` up to date with the process's ledger (see ``ledger.py``).
+    def _sync_ledger(self, child: Slot) -> None:
+        """Bring ``child.run.in_flight`` up to date with the process's ledger (see ``ledger.py``).
 
         Only records whose sequence number changed since the last read are decoded; a record
         being written right now keeps what was known of it.
         """
-        ledger = child.ledger
+        ledger = child.run.ledger
         if ledger is None:
             return
         records = ledger.read()
         with self._lock:
-            view = child.ledger_view
+            view = child.run.ledger_view
             for index, record in enumerate(records):
                 if record is None:
                     continue
@@ -739,9 +627,11 @@ class TaskHandler:
                     # A record is written twice per task (held, then cleared once reported):
                     # past 4, this process has reported work, so a later death is not a crash
                     # loop.
-                    child.crashes_in_a_row = 0
+                    child.did_work()
                 if known is not None and known[1]:
-                    child.in_flight.pop(known[1], None)  # settled (or replaced by a chained task)
+                    child.run.in_flight.pop(
+                        known[1], None
+                    )  # settled (or replaced by a chained task)
                 task_id = ""
                 if payload:
                     try:
@@ -753,11 +643,11 @@ class TaskHandler:
                     task_id = task.task_id
                 view[index] = (seq, task_id)
 
-    def _drop_ledger(self, child: Child) -> None:
-        if child.ledger is not None:
-            child.ledger.close(remove=True)
-            child.ledger = None
-        child.ledger_view = {}
+    def _drop_ledger(self, child: Slot) -> None:
+        if child.run.ledger is not None:
+            child.run.ledger.close(remove=True)
+            child.run.ledger = None
+        child.run.ledger_view = {}
 
     def _lease_interval(self, opts: WorkerOptions, task: Task) -> float | None:
         if opts.lease_extend is False:
@@ -767,74 +657,56 @@ class TaskHandler:
         assert self._agent is not None
         return self._agent.source.lease_interval(task)
 
-    def _send(self, child: Child, message: tuple[Any, ...]) -> None:
-        if child.conn is None:
+    def _send(self, child: Slot, message: tuple[Any, ...]) -> None:
+        if child.run.conn is None:
             return
         try:
-            child.conn.send(message)
+            child.run.conn.send(message)
         except (OSError, ValueError):
             pass
 
     # -- deaths and restarts ------------------------------------------------------------------
 
-    def _on_exit(self, child: Child, now: float) -> None:
-        process = child.process
+    def _on_exit(self, child: Slot, now: float) -> None:
+        process = child.run.process
         process.join(0.5)
-        if child.conn is not None:
-            self._read(child.conn)  # what the child said last (its goodbye)
-            if child.conn is not None:
-                child.conn.close()
-                child.conn = None
+        if child.run.conn is not None:
+            self._read(child.run.conn)  # what the child said last (its goodbye)
+            if child.run.conn is not None:
+                child.run.conn.close()
+                child.run.conn = None
         exitcode = process.exitcode
-        reason, label = _exit_reason(exitcode)
-        clean = exitcode == 0 and child.leaving
-        if child.kill_reason:
-            reason = f"{reason} ({child.kill_reason})"
-            label = child.kill_reason.split(":")[0].replace(" ", "_")
-        elif clean:
-            reason = child.leaving
-            label = "recycled" if child.leaving.startswith("recycled") else "exited"
-        child.last_exit = reason
-        child.process = None  # handled: the monitor must not see this death twice
-        metrics.mark_process_dead(child.pid)
+        reason, label = child.exited(exitcode)
+        metrics.mark_process_dead(child.run.pid)
         self._sync_ledger(child)  # its last writes: every task it held when it died
         self._drop_ledger(child)
         self._report_lost(child, reason)
         if self._stopping or child.retire_by is not None:
-            child.state = State.STOPPED
-            log.info("%s (pid %d) stopped: %s", child.name, child.pid, reason)
+            child.stopped()
+            log.info("%s (pid %d) stopped: %s", child.name, child.run.pid, reason)
             if child.retire_by is not None and not self._stopping:
                 with self._lock:
                     self._children.remove(child)
             return
-        if exitcode == EXIT_START_FAILED:
-            child.crashes_in_a_row += 1
-        elif clean:
-            child.crashes_in_a_row = 0
-        elif now - child.started > HEALTHY_AFTER:
-            child.crashes_in_a_row = 1
-        else:
-            child.crashes_in_a_row += 1
-        delay = restart_delay(child.crashes_in_a_row, self.config.restart_backoff_max)
-        child.restarts += 1
-        child.state = State.WAITING
-        child.restart_at = now + delay
+        delay = child.plan_restart(exitcode, now, self.config.restart_backoff_max)
         metrics.get().worker_restart.labels(child.task_type, label).inc()
-        level = logging.INFO if clean else logging.WARNING
-        log.log(level, "%s (pid %d): %s; restarting in %.2fs", child.name, child.pid, reason, delay)
+        level = logging.INFO if child.exited_cleanly(exitcode) else logging.WARNING
+        log.log(
+            level, "%s (pid %d): %s; restarting in %.2fs", child.name, child.run.pid, reason, delay
+        )
 
-    def _report_lost(self, child: Child, reason: str, *, hand_back: bool = False) -> None:
+    def _report_lost(self, child: Slot, reason: str, *, hand_back: bool = False) -> None:
         """Report every task the process still held, at once, so the server retries it now."""
         with self._lock:
-            lost = list(child.in_flight.values())
-            child.in_flight.clear()
+            lost = list(child.run.in_flight.values())
+            child.run.in_flight.clear()
         if not lost:
             return
         assert self._agent is not None
         m = metrics.get()
         for entry in lost:
             task = entry.task
-            if task.task_id in child.timed_out:
+            if task.task_id in child.run.timed_out:
                 continue  # already reported when its deadline passed
             worker_id = child.options.identity
             if hand_back:
@@ -857,7 +729,7 @@ class TaskHandler:
 
     def _restart_due(self, now: float) -> None:
         for child in self._children:
-            if child.state is State.WAITING and now >= child.restart_at:
+            if child.restart_due(now):
                 self._spawn(child, now)
 
     # -- deadlines: time limits, wedged processes, kills, leases ------------------------------
@@ -866,16 +738,16 @@ class TaskHandler:
         extend: list[Task] = []
         with self._lock:
             for child in self._children:
-                if child.process is None or child.state in (State.STOPPED, State.WAITING):
+                if child.run.process is None or child.state in (State.STOPPED, State.WAITING):
                     continue
-                if child.sigkill_at is not None and now >= child.sigkill_at:
+                if child.run.sigkill_at is not None and now >= child.run.sigkill_at:
                     self._signal(child, signal.SIGKILL)
-                    child.sigkill_at = None
-                for entry in child.in_flight.values():
+                    child.run.sigkill_at = None
+                for entry in child.run.in_flight.values():
                     if (
                         entry.deadline is not None
                         and now >= entry.deadline
-                        and entry.task.task_id not in child.timed_out
+                        and entry.task.task_id not in child.run.timed_out
                     ):
                         self._time_limit_passed(child, entry, now)
                     if (
@@ -884,51 +756,56 @@ class TaskHandler:
                         and now >= entry.next_lease
                     ):
                         entry.next_lease = now + entry.lease_every
-                        if entry.task.task_id not in child.timed_out:
+                        if entry.task.task_id not in child.run.timed_out:
                             extend.append(entry.task)
                 # Start-up (import, model loading, connecting) has its own, longer limit, until
                 # the first word from the process.
                 starting = child.state is State.STARTING
                 limit = self.config.startup_timeout if starting else self.config.heartbeat_timeout
-                if not child.kill_reason and now - child.last_heartbeat > limit:
-                    child.kill_reason = (
+                if not child.run.kill_reason and now - child.run.last_heartbeat > limit:
+                    child.run.kill_reason = (
                         f"not started within {limit:g}s (TASKFLEET_STARTUP_TIMEOUT)"
                         if starting
-                        else f"wedged: no heartbeat for {now - child.last_heartbeat:.0f}s"
+                        else f"wedged: no heartbeat for {now - child.run.last_heartbeat:.0f}s"
                     )
                     log.error(
-                        "%s (pid %d) is %s; killing it", child.name, child.pid, child.kill_reason
+                        "%s (pid %d) is %s; killing it",
+                        child.name,
+                        child.run.pid,
+                        child.run.kill_reason,
                     )
                     self._signal(child, signal.SIGKILL)
         if extend and self._agent is not None:
             self._agent.extend(extend)
 
-    def _time_limit_passed(self, child: Child, entry: InFlight, now: float) -> None:
+    def _time_limit_passed(self, child: Slot, entry: InFlight, now: float) -> None:
         limit = child.options.time_limit
         assert limit is not None  # called only for a task whose worker has a time limit
         task = entry.task
-        child.timed_out.add(task.task_id)
+        child.run.timed_out.add(task.task_id)
         result = time_limit_result(task, limit, child.options.identity, process_killed=True)
         assert self._agent is not None
         self._agent.report(task, result)
         metrics.get().taskfleet_time_limit_kills.labels(child.task_type).inc()
-        if not child.kill_reason:
-            child.kill_reason = f"time limit: task {task.task_id} ran past {limit:g}s"
-            log.error("%s (pid %d): %s; killing it", child.name, child.pid, child.kill_reason)
+        if not child.run.kill_reason:
+            child.run.kill_reason = f"time limit: task {task.task_id} ran past {limit:g}s"
+            log.error(
+                "%s (pid %d): %s; killing it", child.name, child.run.pid, child.run.kill_reason
+            )
             self._signal(child, signal.SIGTERM)
-            child.sigkill_at = now + self.config.kill_grace
+            child.run.sigkill_at = now + self.config.kill_grace
 
-    def _signal(self, child: Child, sig: signal.Signals) -> None:
-        if child.pid and child.process is not None and child.process.is_alive():
+    def _signal(self, child: Slot, sig: signal.Signals) -> None:
+        if child.run.pid and child.run.process is not None and child.run.process.is_alive():
             try:
-                os.kill(child.pid, sig)
+                os.kill(child.run.pid, sig)
             except ProcessLookupError:
                 pass
 
     def _kill_all(self, reason: str) -> None:
         for child in self._children:
-            if child.process is not None and child.state is not State.STOPPED:
-                child.kill_reason = child.kill_reason or reason
+            if child.run.process is not None and child.state is not State.STOPPED:
+                child.run.kill_reason = child.run.kill_reason or reason
                 self._signal(child, signal.SIGKILL)
 
     def _periodic(self, now: float) -> None:
@@ -946,7 +823,7 @@ class TaskHandler:
 
     # -- autoscaling (docs/scaling.md) ---------------------------------------------------------
 
-    def _serving(self, task_type: str) -> list[Child]:
+    def _serving(self, task_type: str) -> list[Slot]:
         """The type's processes that are not being removed (under the lock)."""
         return [c for c in self._children if c.task_type == task_type and c.retire_by is None]
 
@@ -958,7 +835,7 @@ class TaskHandler:
                 continue  # unknown: no decision on a guess
             with self._lock:
                 children = self._serving(task_type)
-                in_flight = sum(len(c.in_flight) for c in children)
+                in_flight = sum(len(c.run.in_flight) for c in children)
             if not children or children[0].options.paused:
                 continue  # a paused type waits for its resume, whatever its backlog
             threads = children[0].options.threads
@@ -991,7 +868,7 @@ class TaskHandler:
                 : max(0, len(serving) - processes)
             ]:
                 child.retire_by = now + self.config.drain_timeout
-                if child.state is State.WAITING or child.process is None:
+                if child.state is State.WAITING or child.run.process is None:
                     child.state = State.STOPPED
                     self._children.remove(child)
                 else:
@@ -1002,7 +879,7 @@ class TaskHandler:
             for _ in range(processes - len(serving)):
                 index = next(i for i in range(len(used) + 1) if i not in used)
                 used.add(index)
-                child = Child(template.worker, template.options, index)
+                child = Slot(template.worker, template.options, index)
                 position += 1
                 self._children.insert(position, child)
                 self._spawn(child, now)
@@ -1050,7 +927,7 @@ class TaskHandler:
     def _retire_due(self, now: float) -> None:
         """Removed processes still running past their drain: hand back their tasks, kill."""
         for child in list(self._children):
-            if child.retire_by is not None and now >= child.retire_by and not child.kill_reason:
+            if child.retire_by is not None and now >= child.retire_by and not child.run.kill_reason:
                 self._hand_back(
                     child, "drain timeout passed", "not finished within the drain timeout"
                 )
@@ -1068,7 +945,7 @@ class TaskHandler:
         deadline = self._drain_deadline or now
         if self._stop_now or now >= deadline:
             for child in self._children:
-                if child.state is State.STOPPING and not child.kill_reason:
+                if child.state is State.STOPPING and not child.run.kill_reason:
                     if self._stop_now:
                         self._hand_back(child, "stopped at once", "the pool was stopped")
                     else:
@@ -1077,13 +954,13 @@ class TaskHandler:
                             "drain timeout passed",
                             "not finished within the drain timeout",
                         )
-        return all(c.state is State.STOPPED or c.process is None for c in self._children)
+        return all(c.state is State.STOPPED or c.run.process is None for c in self._children)
 
-    def _hand_back(self, child: Child, kill_reason: str, why: str) -> None:
+    def _hand_back(self, child: Slot, kill_reason: str, why: str) -> None:
         """End a drain of ``child``: report what it holds for a retry now, kill it."""
-        child.kill_reason = kill_reason
+        child.run.kill_reason = kill_reason
         with self._lock:
-            held = list(child.in_flight)
+            held = list(child.run.in_flight)
         if held:
             log.warning("%s: handing back %d unfinished task(s)", child.name, len(held))
         self._report_lost(child, f"handed back: {why}", hand_back=True)
@@ -1110,8 +987,8 @@ class TaskHandler:
     def _shutdown(self) -> None:
         self._requests.close()
         for child in self._children:
-            if child.process is not None and child.process.is_alive():
-                child.process.join(5)
+            if child.run.process is not None and child.run.process.is_alive():
+                child.run.process.join(5)
         self._cleanup()
         self._done.set()
         log.info("pool stopped")

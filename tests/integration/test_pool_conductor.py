@@ -351,7 +351,7 @@ def test_a_worker_process_whose_ledger_is_gone_still_serves(server, tmp_path):
     # A process spawned as its pool stops finds the ledger file removed; it must not crash.
     import multiprocessing
 
-    from taskfleet._runner import ChildRecipe, child_main
+    from taskfleet._child import ChildRecipe, child_main
 
     task_id = server.enqueue("whoami", {})
     recipe = ChildRecipe(

@@ -54,7 +54,6 @@ class WorkerBinding:
     threads: int = 1
     output_subject: str = ""
     max_attempts: int = 0  # 0: the source's default
-    time_limit: float | None = None
     domain: str = ""
 
 

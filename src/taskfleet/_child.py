@@ -1,0 +1,116 @@
+"""The entry point of a worker process: from a picklable recipe to a running :class:`Runner`.
+
+The supervisor starts each worker process with :func:`child_main` and a :class:`ChildRecipe`
+(the worker, its options, the configuration, where its ledger and metrics files are). The
+process builds everything live itself — logging, metrics, its source client, the spool, its view
+of the ledger — runs the loop until told to stop, and exits with a code the supervisor reads:
+:data:`EXIT_OK` after a clean stop, :data:`EXIT_START_FAILED` when it could not get going (the
+restart policy backs off those; ``_slots.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from . import _metrics as metrics
+from . import _tracing
+from ._config import Configuration
+from ._control import ControlClient
+from ._errors import ConfigurationError, SourceError
+from ._ledger import Ledger
+from ._logs import redact
+from ._options import WorkerOptions
+from ._runner import Runner
+from ._spool import Spool
+from ._worker import Worker
+
+__all__ = ["EXIT_OK", "EXIT_START_FAILED", "ChildRecipe", "child_main"]
+
+log = logging.getLogger("taskfleet.runner")
+
+#: Exit codes of a worker process (the supervisor reads them).
+EXIT_OK = 0
+EXIT_START_FAILED = 3
+
+
+@dataclass(frozen=True)
+class ChildRecipe:
+    """Everything a worker process needs, picklable: it builds its own clients from this."""
+
+    worker: Worker
+    options: WorkerOptions
+    index: int
+    config: Configuration
+    metrics_dir: str | None
+    conn: Connection | None
+    hooks: tuple[Any, ...] = ()
+    #: the in-flight ledger file the supervisor created for this process (None: none)
+    ledger_path: str | None = None
+    #: give handlers' own loggers the pool's logging, unless this process configured the root
+    #: logger itself (False: the application did so in the supervisor)
+    root_logging: bool = True
+
+
+def child_main(recipe: ChildRecipe) -> None:
+    """Body of a worker process (a module-level function, so every start method can run it)."""
+    from ._logs import configure_logging, root_configured, secrets_of
+    from ._sources import create_source
+
+    # The supervisor decides about Ctrl-C for the whole pool; SIGTERM means "drain".
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    configure_logging(
+        recipe.config.log_level,
+        recipe.config.log_format,
+        secrets=secrets_of(recipe.config),
+        # The workers' module may have configured logging when it was imported (unpickling the
+        # recipe imports it): then that configuration is the application's choice.
+        root=recipe.root_logging and not root_configured(),
+    )
+    metrics.setup(recipe.metrics_dir, buffered=True)
+    control = ControlClient(recipe.conn)
+    try:
+        source = create_source(recipe.config)
+        spool = Spool(recipe.config.state_path / "spool.sqlite3", source.spool_key())
+    except (ConfigurationError, SourceError) as exc:
+        log.error("%s: cannot start: %s", recipe.worker.task_type, exc)
+        control.leaving(redact(f"start failed: {exc}"))
+        sys.exit(EXIT_START_FAILED)
+    ledger = None
+    if recipe.ledger_path:
+        try:
+            ledger = Ledger(recipe.ledger_path, recipe.options.threads)
+        except OSError as exc:
+            # Gone with its pool (this process started as the pool stopped): nobody reads it,
+            # and the pipe tells this process soon enough that nobody is listening.
+            log.warning("%s: no in-flight ledger: %s", recipe.worker.task_type, exc)
+    runner = Runner(
+        recipe.worker,
+        source,
+        options=recipe.options,
+        spool=spool,
+        control=control,
+        hooks=recipe.hooks,
+        ledger=ledger,
+    )
+    if _tracing.configure(recipe.config):
+        _tracing.instrument(runner)  # handlers run inside their spans (docs/tracing.md)
+    signal.signal(signal.SIGTERM, lambda *_: runner.request_stop("SIGTERM"))
+    control.listen(runner.request_stop, runner.set_paused)
+    try:
+        reason = asyncio.run(runner.run())
+    except (ConfigurationError, SourceError) as exc:
+        log.error("%s: cannot start: %s", recipe.worker.task_type, exc)
+        control.leaving(redact(f"start failed: {exc}"))
+        sys.exit(EXIT_START_FAILED)
+    finally:
+        spool.close()
+        if _tracing.ACTIVE:
+            _tracing.flush()  # a worker process exits without running atexit handlers
+    control.leaving(reason)
+    sys.exit(EXIT_OK)
