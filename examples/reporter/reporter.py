@@ -273,13 +273,22 @@ class _Sender:
         now = time.time()
         with _connect(self.reporter.outbox) as db:
             db.execute("BEGIN IMMEDIATE")
+            # A process that died holding a claim (a crash right after its task started) gives
+            # its events back at once, not when the claim runs out: the outbox is on this
+            # machine, so its pid tells whether it still lives.
+            holders = db.execute(
+                "SELECT DISTINCT claimed_by FROM outbox WHERE claimed_until >= ?", (now,)
+            ).fetchall()
+            for (pid,) in holders:
+                if pid and pid != os.getpid() and not _alive(pid):
+                    db.execute("UPDATE outbox SET claimed_until = 0 WHERE claimed_by = ?", (pid,))
             rows = db.execute(
                 "SELECT id, body FROM outbox WHERE claimed_until < ? ORDER BY id LIMIT ?",
                 (now, limit),
             ).fetchall()
             db.executemany(
-                "UPDATE outbox SET claimed_until = ? WHERE id = ?",
-                [(now + CLAIM_SECONDS, row_id) for row_id, _ in rows],
+                "UPDATE outbox SET claimed_until = ?, claimed_by = ? WHERE id = ?",
+                [(now + CLAIM_SECONDS, os.getpid(), row_id) for row_id, _ in rows],
             )
             db.execute("COMMIT")
         return rows
@@ -297,6 +306,16 @@ class _Sender:
             return row is not None
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process: alive
+    return True
+
+
 @contextlib.contextmanager
 def _connect(path: Path) -> Iterator[sqlite3.Connection]:
     """A short-lived connection to the outbox (created owner-only on first use)."""
@@ -305,8 +324,8 @@ def _connect(path: Path) -> Iterator[sqlite3.Connection]:
     try:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(
-            "CREATE TABLE IF NOT EXISTS outbox "
-            "(id INTEGER PRIMARY KEY AUTOINCREMENT, body TEXT NOT NULL, claimed_until REAL)"
+            "CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+            " body TEXT NOT NULL, claimed_until REAL, claimed_by INTEGER)"
         )
         yield db
     finally:

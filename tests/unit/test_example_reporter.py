@@ -158,3 +158,28 @@ def test_the_reporter_pickles_for_worker_processes(receiver, tmp_path):
     status.close()
     assert sorted(p["event"] for p in receiver.posts) == ["completed", "started"]
     assert all(p["data"] == {"customer": "acme"} for p in receiver.posts)
+
+
+def test_events_claimed_by_a_process_that_died_are_posted_at_once(receiver, tmp_path):
+    import subprocess
+    import time
+
+    status = new_reporter(receiver.url, tmp_path)
+    status.before_execute(TASK)
+    status.close()
+    receiver.posts.clear()
+    # A process claimed an event for the next minute and died before posting it (a crash right
+    # after its task started): its pid is gone, so the claim is void.
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    with sqlite3.connect(tmp_path / "outbox.sqlite3") as db:
+        db.execute(
+            "INSERT INTO outbox (body, claimed_until, claimed_by) VALUES (?, ?, ?)",
+            (json.dumps({"event": "started", "taskId": "t-dead"}), time.time() + 60,
+             int(gone.stdout)),
+        )  # fmt: skip
+    status = new_reporter(receiver.url, tmp_path)
+    status.after_execute(TASK, TASK.result(TaskStatus.COMPLETED))
+    status.close()
+    assert receiver.posts[0].get("taskId") == "t-dead", "the oldest event goes first"
+    assert outbox_size(tmp_path) == 0
