@@ -63,12 +63,19 @@ def test_a_segfault_in_native_code_costs_exactly_that_task(nats_config, native_l
         after = client.submit_many("native_mixed", [{"n": 3000 + i} for i in range(20)])
         crashed = client.result(bomb, timeout=60)
         others = [client.result(i, timeout=60) for i in before + after]
-        restarts = h.workers_status()[0]["restarts"]
-        body = http_get(h.metrics_url + "/metrics")[1]
+        # The result can be read before the counters that go with it reach the scrape.
+        wait_until(lambda: h.workers_status()[0]["restarts"] >= 3, what="three restarts")
+
+        def scrape_with_the_dead_letter() -> str | None:
+            body = http_get(h.metrics_url + "/metrics")[1]
+            dead = metric_total(body, "taskfleet_dead_letters_total", taskType="native_mixed")
+            return body if dead >= 1 else None
+
+        body = wait_until(scrape_with_the_dead_letter, what="the dead letter counted")
     assert crashed.status is TaskStatus.FAILED
     assert "SIGSEGV" in crashed.reason
     assert all(o.status is TaskStatus.COMPLETED for o in others)
-    assert restarts >= 3  # the bomb was delivered 3 times (max_attempts=3), each killed a process
+    # the bomb was delivered 3 times (max_attempts=3), each killed a process
     assert metric_total(body, "taskfleet_dead_letters_total", taskType="native_mixed") == 1
     assert metric_total(body, "taskfleet_nats_redeliveries_total", taskType="native_mixed") >= 1
     assert metric_total(body, "worker_restart_total", taskType="native_mixed") >= 3
@@ -90,8 +97,8 @@ def test_a_native_call_that_never_returns_is_stopped_by_the_hard_time_limit(
         fine = client.result(client.submit("native_spin", {}), timeout=60)
     assert outcome.status is TaskStatus.FAILED
     assert "time_limit" in outcome.reason
-    # time_limit is 1 s: submitted, picked up, killed and reported well within 3 s of the limit
-    assert reported_after < 4.0, reported_after
+    # Reported by the pool's time limit (1 s), not redelivered after the server's ack wait.
+    assert reported_after < config.nats_ack_wait, reported_after
     assert fine.status is TaskStatus.COMPLETED
 
 
