@@ -73,6 +73,7 @@ def child_main(recipe: ChildRecipe) -> None:
         root=recipe.root_logging and not root_configured(),
     )
     metrics.setup(recipe.metrics_dir, buffered=True)
+    _raise_mmap_threshold()
     control = ControlClient(recipe.conn)
     try:
         source = create_source(recipe.config)
@@ -114,3 +115,16 @@ def child_main(recipe: ChildRecipe) -> None:
             _tracing.flush()  # a worker process exits without running atexit handlers
     control.leaving(reason)
     sys.exit(EXIT_OK)
+
+
+def _raise_mmap_threshold() -> None:
+    """Let glibc's allocator serve the event loop's socket reads from its heap.
+
+    asyncio reads a socket into a fresh 256 KiB buffer and shrinks it to what arrived. glibc
+    maps blocks of that size with ``mmap`` until the process has freed a larger mapped block
+    (its threshold then rises to that block's size), so until then every read costs an ``mmap``,
+    an ``mremap`` and a ``munmap`` (~20-50 us a read on a busy NATS worker; docs/benchmarks.md).
+    Freeing one 1 MiB block once raises the threshold; elsewhere this is a harmless allocation.
+    """
+    block = bytearray(1 << 20)
+    del block
