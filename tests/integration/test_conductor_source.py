@@ -15,7 +15,6 @@ import pytest
 from taskfleet._config import Configuration
 from taskfleet._errors import SourceError
 from taskfleet._sources import PollRequest, WorkerBinding
-from taskfleet._sources import conductor as conductor_module
 from taskfleet._sources.conductor import ConductorSource
 from taskfleet._task import Task, TaskResult, TaskStatus
 from taskfleet.testing import ConductorTestServer
@@ -43,14 +42,6 @@ async def poll_once(source: ConductorSource, request: PollRequest) -> list[Task]
 
 def request(task_type: str = "t", count: int = 1, timeout: float = 0.0, **kw: Any) -> PollRequest:
     return PollRequest(task_type=task_type, count=count, timeout=timeout, worker_id="w1", **kw)
-
-
-@pytest.fixture(autouse=True)
-def forget_legacy_servers() -> Iterator[None]:
-    # Ports are reused between tests; what one test's server taught must not leak into the next.
-    conductor_module._LEGACY_SERVERS.clear()
-    yield
-    conductor_module._LEGACY_SERVERS.clear()
 
 
 @pytest.fixture
@@ -236,7 +227,12 @@ def test_a_result_for_an_unknown_task_fails_without_retry_and_teaches_no_fallbac
         call(source, lambda s: s.report(ghost, ghost.result(), chain=True))
 
     assert info.value.status == 404 and not info.value.retryable
-    assert server.url not in conductor_module._LEGACY_SERVERS
+    # The next chained report still asks update-v2: an unknown task taught nothing.
+    server.enqueue("t")
+    (task,) = call(source, lambda s: s.poll(request()))
+    before = server.request_count("/tasks/update-v2")
+    call(source, lambda s: s.report(task, task.result(), chain=True))
+    assert server.request_count("/tasks/update-v2") == before + 1
 
 
 def test_a_result_without_a_workflow_id_takes_it_from_the_task(server, source):

@@ -40,9 +40,6 @@ log = logging.getLogger("taskfleet.conductor")
 MAX_POLL_TIMEOUT_MS = 5000
 #: 401 bodies whose ``error`` means "get a new token and try once more".
 _REFRESHABLE = frozenset({"EXPIRED_TOKEN", "INVALID_TOKEN"})
-#: Server base URLs known to lack ``update-v2``: learnt once, kept for the process.
-_LEGACY_SERVERS: set[str] = set()
-_LEGACY_LOCK = threading.Lock()
 
 T = TypeVar("T")
 
@@ -125,6 +122,8 @@ class ConductorSource(TaskSource):
         self._token: str | None = None
         # None: not asked yet; False: the server answered 404 on /token (no auth there).
         self._auth_enabled: bool | None = None if self._key else False
+        #: the server lacks ``update-v2`` (learnt from a successful fallback, kept for good)
+        self._no_update_v2 = False
         #: poll request line per PollRequest (the same few repeat for the process's life)
         self._poll_targets: dict[PollRequest, str] = {}
 
@@ -286,7 +285,7 @@ class ConductorSource(TaskSource):
     ) -> Task | None:
         """:meth:`report`, in the calling thread."""
         body = self._result_body(task, result)
-        if chain and self._base not in _LEGACY_SERVERS:
+        if chain and not self._no_update_v2:
             answer = self._request("POST", "/tasks/update-v2", body=body, ok=(404, 405))
             if answer.status not in (404, 405):
                 if answer.status == 204 or not answer.body:
@@ -302,8 +301,7 @@ class ConductorSource(TaskSource):
             # 404 also means "unknown task": only a successful POST /tasks proves the
             # server merely lacks update-v2, so only then is the fallback remembered.
             self._request("POST", "/tasks", body=body)
-            with _LEGACY_LOCK:
-                _LEGACY_SERVERS.add(self._base)
+            self._no_update_v2 = True  # learnt once; a process has one source per server
             log.info("%s has no update-v2; using POST /tasks from now on", self._shown_base)
             return None
         self._request("POST", "/tasks", body=body)
