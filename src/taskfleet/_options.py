@@ -275,7 +275,9 @@ def unread_worker_variables(env: Mapping[str, str], task_types: Iterable[str]) -
         elif prop in SDK_ONLY_PROPERTIES:
             warnings.append(f"{var}: ignored: {SDK_ONLY_PROPERTIES[prop]}")
         elif not name:
-            warnings.append(f"{var}: ignored; for every worker type use CONDUCTOR_WORKER_ALL_{prop}")
+            warnings.append(
+                f"{var}: ignored; for every worker type use CONDUCTOR_WORKER_ALL_{prop}"
+            )
         elif name != "ALL" and name not in names:
             warnings.append(
                 f"{var}: ignored: {name!r} is no worker type of this pool"

@@ -20,11 +20,13 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
     shutil.which("ruff") is None and not Path(sys.prefix, "bin", "ruff").exists(),
     reason="ruff is not installed (it comes with the dev extra)",
 )
-def test_ruff_finds_nothing():
+def test_ruff_finds_nothing_and_the_code_is_formatted():
     ruff = shutil.which("ruff") or str(Path(sys.prefix, "bin", "ruff"))
     targets = [d for d in ("src", "tests", "scripts", "examples") if (ROOT / d).exists()]
     result = _run(ruff, "check", *targets)
     assert result.returncode == 0, result.stdout + result.stderr
+    formatted = _run(ruff, "format", "--check", *targets)
+    assert formatted.returncode == 0, formatted.stdout + formatted.stderr
 
 
 @pytest.mark.slow

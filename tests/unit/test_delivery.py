@@ -102,4 +102,3 @@ def test_a_chained_report_retried_after_a_timeout_asks_for_no_second_task():
     assert asyncio.run(delivery.deliver(first, _done(first, {}), chain=True)) is None
     # The lost answer's task is the server's to time out; the retry took no other.
     assert source.queued("t") == queued - 1
-
