@@ -8,6 +8,7 @@ Importable as ``helpers`` from every test folder (``tests/`` is on ``sys.path`` 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
@@ -120,18 +121,29 @@ if __name__ == "__main__":
 
 @contextmanager
 def pool_process(
-    directory: Path, worker: str, *, module: str = "pool_workers", **config: Any
+    directory: Path,
+    worker: str,
+    *,
+    module: str = "pool_workers",
+    session: bool = False,
+    **config: Any,
 ) -> Iterator[subprocess.Popen[str]]:
     """A pool in a process of its own (real signals, its own stderr), running ``worker`` (an
     expression over ``tests/integration/{module}.py``) with ``config`` over an empty
-    environment. Killed on the way out if it is still running."""
+    environment; with ``session``, in a session (and process group) of its own, whose id is
+    its pid. Killed on the way out if it is still running (with ``session``, every process of
+    the session)."""
     script = directory / "pool_main.py"
     workers_dir = str(Path(__file__).resolve().parent / "integration")
     script.write_text(
         _POOL_SCRIPT.format(workers_dir=workers_dir, worker=worker, config=config, module=module)
     )
     proc = subprocess.Popen(
-        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=session,
     )
     try:
         yield proc
@@ -139,6 +151,51 @@ def pool_process(
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+        for pid in session_pids(proc.pid) if session else ():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _stat(pid: str) -> list[str]:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state, ppid, pgrp, session...);
+    empty when the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def session_pids(sid: int) -> list[int]:
+    """Live processes (not zombies) of session ``sid``."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _stat(entry)
+            if len(fields) > 3 and fields[3] == str(sid) and fields[0] != "Z":
+                out.append(int(entry))
+    return out
+
+
+def helper_pids(marker: bytes) -> list[int]:
+    """Children of this process whose command line contains ``marker`` (the multiprocessing
+    fork server: ``b"forkserver import main"``, its resource tracker:
+    ``b"resource_tracker import main"``)."""
+    me = str(os.getpid())
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        fields = _stat(entry)
+        if len(fields) < 2 or fields[1] != me or fields[0] == "Z":
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if marker in f.read():
+                    out.append(int(entry))
+        except OSError:
+            pass
+    return out
 
 
 # -- chaos -------------------------------------------------------------------------------------

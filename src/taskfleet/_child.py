@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import os
 import signal
 import sys
 from dataclasses import dataclass
@@ -21,7 +23,7 @@ from typing import Any
 from . import _metrics as metrics
 from . import _tracing
 from ._config import Configuration
-from ._control import ControlClient
+from ._control import SUPERVISOR_GONE, ControlClient
 from ._errors import ConfigurationError, SourceError
 from ._ledger import Ledger
 from ._logs import redact
@@ -37,6 +39,10 @@ log = logging.getLogger("taskfleet.runner")
 #: Exit codes of a worker process (the supervisor reads them).
 EXIT_OK = 0
 EXIT_START_FAILED = 3
+#: Seconds past the drain timeout after which a process whose supervisor is gone is ended by
+#: the kernel (SIGALRM, whose default action needs nothing of the process), whatever it is
+#: stuck in.
+ORPHAN_MARGIN = 5
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,8 @@ class ChildRecipe:
     #: give handlers' own loggers the pool's logging, unless this process configured the root
     #: logger itself (False: the application did so in the supervisor)
     root_logging: bool = True
+    #: the supervisor's pid: its death, not this process's parent's, is "supervisor gone"
+    supervisor: int = 0
 
 
 def child_main(recipe: ChildRecipe) -> None:
@@ -101,8 +109,17 @@ def child_main(recipe: ChildRecipe) -> None:
     )
     if _tracing.configure(recipe.config):
         _tracing.instrument(runner)  # handlers run inside their spans (docs/tracing.md)
+    # With the supervisor gone nobody else reports for this process: it finishes what it can
+    # within the drain timeout and hands back the rest itself (``Runner._drain``).
+    runner.orphan_drain = recipe.config.drain_timeout
+
+    def on_stop(reason: str) -> None:
+        if reason == SUPERVISOR_GONE:
+            signal.alarm(math.ceil(recipe.config.drain_timeout) + ORPHAN_MARGIN)
+        runner.request_stop(reason)
+
     signal.signal(signal.SIGTERM, lambda *_: runner.request_stop("SIGTERM"))
-    control.listen(runner.request_stop, runner.set_paused)
+    control.listen(on_stop, runner.set_paused, supervisor=recipe.supervisor)
     try:
         reason = asyncio.run(runner.run())
     except (ConfigurationError, SourceError) as exc:
@@ -113,6 +130,10 @@ def child_main(recipe: ChildRecipe) -> None:
         spool.close()
         if _tracing.ACTIVE:
             _tracing.flush()  # a worker process exits without running atexit handlers
+    if runner.abandoned:
+        # Its handlers may still be running (stuck in a call): nothing is left to wait for.
+        logging.shutdown()
+        os._exit(EXIT_OK)
     control.leaving(reason)
     sys.exit(EXIT_OK)
 

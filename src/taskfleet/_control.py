@@ -12,13 +12,14 @@ needed on the child side.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 from typing import Any
 
-__all__ = ["ChildStatus", "ControlClient"]
+__all__ = ["SUPERVISOR_GONE", "ChildStatus", "ControlClient", "watch_process"]
 
 log = logging.getLogger("taskfleet.control")
 
@@ -30,6 +31,28 @@ LEAVING = "bye"  # (LEAVING, reason): a clean, intended exit (drained, recycled,
 STOP = "stop"
 PAUSE = "pause"
 RESUME = "resume"
+#: why a child stops when its supervisor has died (the reason ``listen`` gives)
+SUPERVISOR_GONE = "supervisor gone"
+
+
+def watch_process(pid: int) -> int | None:
+    """A file descriptor that becomes readable when process ``pid`` ends (a pidfd: it works
+    for processes that are not this one's children), or None where there is none (not Linux,
+    or a kernel older than 5.3).
+
+    Raises:
+        ProcessLookupError: the process is already gone.
+    """
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is None or pid <= 0:
+        return None
+    try:
+        fd: int = pidfd_open(pid)
+    except OSError as exc:
+        if isinstance(exc, ProcessLookupError):
+            raise
+        return None  # not supported here
+    return fd
 
 
 @dataclass(frozen=True)
@@ -76,21 +99,36 @@ class ControlClient:
         self._send((LEAVING, reason))
 
     def listen(
-        self, on_stop: Callable[[str], None], on_pause: Callable[[bool], None] | None = None
+        self,
+        on_stop: Callable[[str], None],
+        on_pause: Callable[[bool], None] | None = None,
+        supervisor: int = 0,
     ) -> None:
-        """Start a daemon thread that calls ``on_stop(reason)`` when told to stop or when the
-        supervisor disappears (end of file on the pipe), and ``on_pause(True or False)`` when
-        told to pause or resume polling."""
+        """Start a daemon thread that calls ``on_stop(reason)`` when told to stop,
+        ``on_pause(True or False)`` when told to pause or resume polling, and
+        ``on_stop(SUPERVISOR_GONE)`` the moment the supervisor (process ``supervisor``) dies:
+        end of file on the pipe, or the end of that process itself. The supervisor is watched
+        as such, never as this process's parent: under the fork server the parent is the fork
+        server, whose death says nothing about the supervisor."""
         if self._conn is None:
             return
         conn = self._conn
+        try:
+            watched = watch_process(supervisor)
+        except ProcessLookupError:
+            on_stop(SUPERVISOR_GONE)
+            return
 
         def reader() -> None:
+            waiting: list[Any] = [conn] if watched is None else [conn, watched]
             while True:
                 try:
+                    if watched in wait(waiting):
+                        on_stop(SUPERVISOR_GONE)
+                        return
                     message = conn.recv()
                 except (EOFError, OSError):
-                    on_stop("supervisor gone")
+                    on_stop(SUPERVISOR_GONE)
                     return
                 if message and message[0] == STOP:
                     on_stop("asked to stop")

@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import contextvars
 import itertools
 import logging
 import math
 import os
+import pickle
 import resource
 import sys
 import time
@@ -38,16 +40,16 @@ from typing import Any
 from . import _metrics as metrics
 from ._backoff import Backoff
 from ._context import TaskContext, task_context
-from ._control import ChildStatus, ControlClient
+from ._control import SUPERVISOR_GONE, ChildStatus, ControlClient
 from ._delivery import Delivery
 from ._errors import SourceError
 from ._hookrun import HookRunner
-from ._ledger import Ledger, pack_task
+from ._ledger import Ledger, pack_task, unpack_task
 from ._logs import redact, redact_result
 from ._options import WorkerOptions
 from ._outcome import result_from_exception, to_result
 from ._progress import ProgressSender
-from ._sources.base import PollRequest, TaskSource
+from ._sources.base import HANDED_BACK, PollRequest, TaskSource
 from ._spool import Spool
 from ._task import Task, TaskResult, TaskStatus
 from ._threads import LoopThreads
@@ -58,6 +60,8 @@ __all__ = ["TIME_LIMIT_EXCEEDED", "Runner", "run_inline", "time_limit_result"]
 log = logging.getLogger("taskfleet.runner")
 
 HEARTBEAT_INTERVAL = 1.0
+#: How long a process whose supervisor is gone waits for the server to take one hand-back.
+HAND_BACK_TIMEOUT = 5.0
 #: While other tasks of the process still run, a poll waits up to this many seconds for
 #: three quarters of the slots to be free, so that one fetch brings several tasks.
 POLL_LINGER = 0.002
@@ -177,6 +181,11 @@ class Runner:
         self._batch = max(1, math.ceil(self.slots * 0.75))
         #: tasks a source handed out beyond the free slots, waiting for one (see ``_start``)
         self._backlog: collections.deque[Task] = collections.deque()
+        #: seconds in-flight tasks may take once the supervisor is gone (None: no limit);
+        #: past it the rest are handed back and :attr:`abandoned` is set
+        self.orphan_drain: float | None = None
+        self.abandoned = 0
+        self._drain_until: float | None = None  # loop time
 
     # -- control ------------------------------------------------------------------------------
 
@@ -199,6 +208,18 @@ class Runner:
             )
         self._stopping = True
         self.stop_reason = self.stop_reason or reason
+        if reason == SUPERVISOR_GONE and self.orphan_drain is not None and not self._drain_until:
+            # Nobody extends leases, enforces time limits or reports for this process now:
+            # finish what can be finished within the drain timeout, hand back the rest.
+            assert self._loop is not None
+            self._drain_until = self._loop.time() + self.orphan_drain
+            log.warning(
+                "%s: the supervisor is gone; finishing %d task(s) within %gs, then handing back"
+                " the rest",
+                self.task_type,
+                len(self._running),
+                self.orphan_drain,
+            )
         self._wake_up()
 
     def set_paused(self, paused: bool) -> None:
@@ -252,10 +273,8 @@ class Runner:
         flusher = asyncio.create_task(_flush_metrics()) if metrics.buffering() else None
         try:
             await self._poll_loop()
-            # Drain: no more polls; let in-flight tasks finish and report.
-            while self._running:
-                await asyncio.wait(list(self._running.values()))
-            await self._flush_spool_quietly()
+            if await self._drain():
+                await self._flush_spool_quietly()
         finally:
             if self._hooks:
                 # Every event given so far reaches the hooks before the process goes.
@@ -384,12 +403,54 @@ class Runner:
         if self._waiter is not None:
             _release(self._waiter)
 
+    async def _drain(self) -> bool:
+        """No more polls: let in-flight tasks finish and report. With the supervisor gone,
+        only until ``orphan_drain`` has passed: then the tasks still running are handed back.
+        Returns False when some were."""
+        loop = asyncio.get_running_loop()
+        while self._running:
+            left = None if self._drain_until is None else self._drain_until - loop.time()
+            if left is not None and left <= 0:
+                await self._hand_back_held()
+                return False
+            # Woken at least once a second: the supervisor may die while this waits.
+            await asyncio.wait(list(self._running.values()), timeout=min(left or 1.0, 1.0))
+        return True
+
+    async def _hand_back_held(self) -> None:
+        """Hand back every task this process's ledger still holds (re-queued at once, no retry
+        used up), as the supervisor does for a process it stops at its drain deadline."""
+        held = self._held_tasks()
+        reason = "handed back: the supervisor is gone and the drain timeout passed"
+        for task in held:
+            result = task.result(TaskStatus.IN_PROGRESS, reason=reason, worker_id=self.worker_id)
+            result.exception = HANDED_BACK
+            try:
+                await asyncio.wait_for(self.source.report(task, result), HAND_BACK_TIMEOUT)
+            except Exception as exc:  # the server's timeout brings it back instead
+                log.warning(
+                    "%s: handing back task %s failed: %s", self.task_type, task.task_id, exc
+                )
+        self.abandoned = len(held)
+        log.warning("%s: handed back %d unfinished task(s)", self.task_type, len(held))
+
+    def _held_tasks(self) -> list[Task]:
+        """The tasks the ledger records (running, or reported but not yet cleared)."""
+        if self._ledger is None:
+            return []
+        tasks = []
+        for record in self._ledger.read():
+            if record is not None and record[2]:
+                with contextlib.suppress(Exception):  # torn: that task is left to the server
+                    tasks.append(unpack_task(pickle.loads(record[2])))
+        return tasks
+
     async def _heartbeat(self) -> None:
-        parent = os.getppid()
+        # Whether the supervisor is alive is watched by the control channel's reader, on the
+        # supervisor's process itself: never by this process's parent, which under the fork
+        # server is the fork server (see ``_control.py``).
         while True:
             self._send_heartbeat()
-            if self.control.connected and os.getppid() != parent:
-                self._stop_now("supervisor gone")
             await asyncio.sleep(HEARTBEAT_INTERVAL)
 
     def _send_heartbeat(self) -> None:

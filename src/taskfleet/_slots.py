@@ -75,6 +75,11 @@ class Run:
     #: its in-flight ledger, and what was last read from each record: (seq, task id)
     ledger: Ledger | None = None
     ledger_view: dict[int, tuple[int, str]] = field(default_factory=dict)
+    #: a pidfd of the process (``_control.watch_process``): readable once it has ended,
+    #: whoever its parent is (None: none here; the process's sentinel tells instead)
+    watch: int | None = None
+    #: its parent, the fork server, died before it: its exit status went with the fork server
+    parent_lost: bool = False
 
     @property
     def alive(self) -> bool:
@@ -150,6 +155,8 @@ class Slot:
         """
         run = self.run
         reason, label = exit_reason(exitcode)
+        if exitcode is None and run.parent_lost:
+            reason = "worker process exited (its exit status went with the fork server)"
         if run.kill_reason:
             reason = f"{reason} ({run.kill_reason})"
             label = run.kill_reason.split(":")[0].replace(" ", "_")
@@ -161,7 +168,9 @@ class Slot:
         return reason, label
 
     def exited_cleanly(self, exitcode: int | None) -> bool:
-        return exitcode == 0 and bool(self.run.leaving)
+        # A process whose fork server died first has no exit status: its goodbye tells.
+        known = exitcode == 0 or (exitcode is None and self.run.parent_lost)
+        return known and bool(self.run.leaving)
 
     def stopped(self) -> None:
         self.state = State.STOPPED

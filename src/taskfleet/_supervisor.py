@@ -41,9 +41,10 @@ from typing import Any
 from . import _metrics as metrics
 from . import _tracing
 from ._agent import SourceAgent
+from ._backoff import restart_delay
 from ._child import ChildRecipe, child_main
 from ._config import Configuration, MetricsSettings
-from ._control import HEARTBEAT, HELLO, LEAVING, PAUSE, RESUME, STOP
+from ._control import HEARTBEAT, HELLO, LEAVING, PAUSE, RESUME, STOP, watch_process
 from ._errors import ConfigurationError
 from ._hookrun import HookRunner
 from ._ledger import Ledger, ledger_dir, unpack_task
@@ -65,7 +66,22 @@ log = logging.getLogger("taskfleet.supervisor")
 
 #: How often the monitor wakes when nothing happens (deadlines, leases, restarts).
 TICK = 0.1
+#: Ticks in a row that may fail (each logged) before the monitor gives up and stops the pool.
+MONITOR_FAILURES = 50
 WORKER_PAUSED = "taskfleet_worker_paused"
+
+
+def _end_of(run: Run) -> Any:
+    """What becomes readable when the process of ``run`` ends: its pidfd, else its sentinel
+    (under the fork server, that one also turns readable when the fork server dies)."""
+    return run.watch if run.watch is not None else run.process.sentinel
+
+
+def _ended(run: Run) -> bool:
+    """Whether the process of ``run`` has ended."""
+    if run.watch is not None:
+        return bool(wait([run.watch], 0))
+    return not run.process.is_alive()
 
 
 def _given(worker: Worker, workers: list[Worker]) -> bool:
@@ -478,7 +494,13 @@ class TaskHandler:
             # Children fork from a server that has already imported the runtime and the source
             # (no threads, no sockets): a restarted process is serving again sooner.
             assert self._agent is not None
-            modules = ["taskfleet._child", "taskfleet._runner", "taskfleet._delivery"]
+            # ``_forkserver`` makes the fork server ignore SIGTERM (see that module).
+            modules = [
+                "taskfleet._forkserver",
+                "taskfleet._child",
+                "taskfleet._runner",
+                "taskfleet._delivery",
+            ]
             modules += self._agent.source.preload_modules()
             self._ctx.set_forkserver_preload(modules)
 
@@ -509,51 +531,112 @@ class TaskHandler:
             self.hooks,
             ledger.path,
             self._root_logging,
+            os.getpid(),
         )
         process = self._ctx.Process(  # type: ignore[attr-defined]
             target=child_main, args=(recipe,), name=f"taskfleet {child.name}", daemon=False
         )
-        process.start()
-        child_conn.close()
+        try:
+            process.start()
+        except BaseException:
+            # e.g. EOFError: the fork server died while it was starting this process
+            parent_conn.close()
+            ledger.close(remove=True)
+            raise
+        finally:
+            child_conn.close()
+        try:
+            # Watched as itself: under the fork server its parent is the fork server, whose
+            # death must not pass for this process's.
+            watch = watch_process(process.pid or 0)
+        except ProcessLookupError:
+            watch = None  # already gone: its sentinel says so
         child.spawned(
-            Run(process, parent_conn, process.pid or 0, now, last_heartbeat=now, ledger=ledger)
+            Run(
+                process,
+                parent_conn,
+                process.pid or 0,
+                now,
+                last_heartbeat=now,
+                ledger=ledger,
+                watch=watch,
+            )
         )
         log.debug("started %s as pid %d", child.name, child.run.pid)
 
     def _monitor_loop(self) -> None:
+        failures = 0
         try:
             while True:
-                self._last_tick = time.monotonic()
-                conns = [c.run.conn for c in self._children if c.run.conn is not None]
-                sentinels = [
-                    c.run.process.sentinel
-                    for c in self._children
-                    if c.run.process is not None and c.state is not State.STOPPED
-                ]
-                ready = wait(conns + sentinels, timeout=TICK)
-                for obj in ready:
-                    if isinstance(obj, Connection):
-                        self._read(obj)
-                for child in self._children:
-                    self._sync_ledger(child)
-                now = time.monotonic()
-                for child in list(self._children):
-                    gone = child.run.process is not None and not child.run.process.is_alive()
-                    if gone and child.state is not State.STOPPED:
-                        self._on_exit(child, now)
-                self._check_deadlines(now)
-                if self._stopping:
-                    if self._drain_step(now):
+                try:
+                    if self._tick():
                         break
-                else:
-                    self._requests.apply()
-                    self._restart_due(now)
-                    self._periodic(now)
+                    failures = 0
+                except Exception:
+                    # One child's trouble must not end the pool: log it, go on next tick.
+                    failures += 1
+                    if failures >= MONITOR_FAILURES:
+                        raise
+                    log.exception("supervisor monitor: error in a tick (going on)")
+                    time.sleep(TICK)
         except Exception:
             log.exception("supervisor monitor failed; stopping the pool")
+            # What the processes hold is handed back first: killed, they cannot report it.
+            for child in self._children:
+                try:
+                    self._sync_ledger(child)
+                    self._report_lost(child, "handed back: the supervisor failed", hand_back=True)
+                except Exception:
+                    log.exception("%s: handing back its tasks failed", child.name)
             self._kill_all("supervisor error")
         finally:
             self._shutdown()
+
+    def _tick(self) -> bool:
+        """One turn of the monitor. Returns True once the pool has stopped."""
+        self._last_tick = time.monotonic()
+        conns = [c.run.conn for c in self._children if c.run.conn is not None]
+        ends = [
+            _end_of(c.run)
+            for c in self._children
+            if c.run.process is not None and c.state is not State.STOPPED
+        ]
+        ready = wait(conns + ends, timeout=TICK)
+        for obj in ready:
+            if isinstance(obj, Connection):
+                self._read(obj)
+        for child in self._children:
+            self._sync_ledger(child)
+        now = time.monotonic()
+        for child in list(self._children):
+            if child.run.process is None or child.state is State.STOPPED:
+                continue
+            if _ended(child.run):
+                self._on_exit(child, now)
+            else:
+                self._check_parent(child)
+        self._check_deadlines(now)
+        if self._stopping:
+            return self._drain_step(now)
+        self._requests.apply()
+        self._restart_due(now)
+        self._periodic(now)
+        return False
+
+    def _check_parent(self, child: Slot) -> None:
+        """Under the fork server, its death reads as every process's end (exit code 255, from
+        the sentinel it served); the processes themselves go on. Seen as such, not as deaths."""
+        run = child.run
+        if run.watch is None or run.parent_lost or self._ctx.get_start_method() != "forkserver":
+            return
+        if wait([run.process.sentinel], 0) and not wait([run.watch], 0):
+            run.parent_lost = True
+            log.warning(
+                "%s (pid %d): the fork server is gone; the process goes on (a new fork server"
+                " starts with the next process)",
+                child.name,
+                run.pid,
+            )
 
     def _child_for(self, conn: Connection) -> Slot | None:
         for c in self._children:
@@ -669,13 +752,17 @@ class TaskHandler:
 
     def _on_exit(self, child: Slot, now: float) -> None:
         process = child.run.process
-        process.join(0.5)
+        if not child.run.parent_lost:
+            process.join(0.5)  # its exit status, from the fork server or the kernel
+        if child.run.watch is not None:
+            os.close(child.run.watch)
+            child.run.watch = None
         if child.run.conn is not None:
             self._read(child.run.conn)  # what the child said last (its goodbye)
             if child.run.conn is not None:
                 child.run.conn.close()
                 child.run.conn = None
-        exitcode = process.exitcode
+        exitcode = None if child.run.parent_lost else process.exitcode
         reason, label = child.exited(exitcode)
         metrics.mark_process_dead(child.run.pid)
         self._sync_ledger(child)  # its last writes: every task it held when it died
@@ -730,7 +817,22 @@ class TaskHandler:
     def _restart_due(self, now: float) -> None:
         for child in self._children:
             if child.restart_due(now):
-                self._spawn(child, now)
+                self._restart(child, now)
+
+    def _restart(self, child: Slot, now: float) -> None:
+        """Start the slot's next process; one that cannot be started (the fork server died
+        during the spawn: ``EOFError``) is a restart failure, tried again with backoff (the
+        next spawn starts a new fork server)."""
+        try:
+            self._spawn(child, now)
+        except Exception as exc:
+            child.crashes_in_a_row += 1
+            delay = restart_delay(child.crashes_in_a_row, self.config.restart_backoff_max)
+            child.restarts += 1
+            child.restart_at = now + delay
+            child.last_exit = f"could not start a worker process: {type(exc).__name__}: {exc}"
+            metrics.get().worker_restart.labels(child.task_type, "start_failed").inc()
+            log.warning("%s: %s; trying again in %.2fs", child.name, child.last_exit, delay)
 
     # -- deadlines: time limits, wedged processes, kills, leases ------------------------------
 
@@ -796,11 +898,16 @@ class TaskHandler:
             child.run.sigkill_at = now + self.config.kill_grace
 
     def _signal(self, child: Slot, sig: signal.Signals) -> None:
-        if child.run.pid and child.run.process is not None and child.run.process.is_alive():
-            try:
-                os.kill(child.run.pid, sig)
-            except ProcessLookupError:
-                pass
+        run = child.run
+        if not run.pid or run.process is None or _ended(run):
+            return
+        try:
+            if run.watch is not None:
+                signal.pidfd_send_signal(run.watch, sig)  # never another process with its pid
+            else:
+                os.kill(run.pid, sig)
+        except ProcessLookupError:
+            pass
 
     def _kill_all(self, reason: str) -> None:
         for child in self._children:
@@ -987,8 +1094,11 @@ class TaskHandler:
     def _shutdown(self) -> None:
         self._requests.close()
         for child in self._children:
-            if child.run.process is not None and child.run.process.is_alive():
-                child.run.process.join(5)
+            if child.run.process is not None and not _ended(child.run):
+                wait([_end_of(child.run)], 5)
+            if child.run.watch is not None:
+                os.close(child.run.watch)
+                child.run.watch = None
         self._cleanup()
         self._done.set()
         log.info("pool stopped")

@@ -152,3 +152,10 @@ def steady(seconds: float = 0.0) -> dict:
 def manual(i: int) -> dict:
     time.sleep(0.005)
     return {"i": i, "pid": os.getpid()}
+
+
+@worker_task("sleepy", threads=4, processes=2, poll_interval=20)
+def sleepy(seconds: float) -> dict:
+    """Sleeps in C with the GIL released, as a long native call does."""
+    time.sleep(seconds)
+    return {"slept": seconds}
