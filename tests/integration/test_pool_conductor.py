@@ -19,7 +19,7 @@ from helpers import (
     pool_process,
     wait_until,
 )
-from pool_workers import blocker, crashy, long_lease, sleeper, square, whoami
+from pool_workers import blocker, crashy, long_lease, sleeper, sleepy, square, whoami
 
 from taskfleet import TaskHandler
 from taskfleet.testing import ConductorTestServer
@@ -425,3 +425,39 @@ def test_a_process_that_does_not_start_within_the_startup_timeout_is_killed_sayi
         )
         (worker,) = h.workers_status()
     assert "not started within 1s (TASKFLEET_STARTUP_TIMEOUT)" in worker["last_exit"]
+
+
+def test_the_monitor_outlives_a_failing_turn_and_hands_back_tasks_if_it_gives_up(
+    server, tmp_path, monkeypatch
+):
+    ids = server.enqueue_many("sleepy", [{"seconds": 600.0} for _ in range(4)])
+    cfg = conductor_config(server, tmp_path / "state")
+    worker = sleepy.with_options(processes=1)
+    with TaskHandler([worker], cfg, install_signal_handlers=False) as h:
+        h.start_processes()
+        assert server.wait_for(
+            lambda: all(server.job(i).status == "IN_PROGRESS" for i in ids), timeout=30
+        )
+        real = h._check_deadlines
+        failures = {"left": 5}
+
+        def failing(now: float) -> None:
+            if failures["left"] > 0:
+                failures["left"] -= 1
+                raise RuntimeError("a bug in one turn")
+            real(now)
+
+        # A few failing turns: logged, and the pool goes on.
+        monkeypatch.setattr(h, "_check_deadlines", failing)
+        wait_until(lambda: failures["left"] == 0, timeout=30)
+        time.sleep(0.5)
+        assert h.alive() and not h._done.is_set()
+        # Failing for good: the monitor gives up, handing back what the process holds first.
+        failures["left"] = 10**6
+        assert h.join_processes(60)
+    jobs = [server.job(i) for i in ids]
+    assert all(
+        any("handed back: the supervisor failed" in (o.reason or "") for o in j.history)
+        for j in jobs
+    ), [j.history for j in jobs]
+    assert all(j.status == "SCHEDULED" for j in jobs)
