@@ -408,14 +408,38 @@ class Runner:
         only until ``orphan_drain`` has passed: then the tasks still running are handed back.
         Returns False when some were."""
         loop = asyncio.get_running_loop()
+        next_lease = 0.0
         while self._running:
             left = None if self._drain_until is None else self._drain_until - loop.time()
             if left is not None and left <= 0:
                 await self._hand_back_held()
                 return False
+            if left is not None and loop.time() >= next_lease:
+                # The supervisor extended the leases; it is gone, so this process does.
+                next_lease = loop.time() + await self._extend_held()
             # Woken at least once a second: the supervisor may die while this waits.
             await asyncio.wait(list(self._running.values()), timeout=min(left or 1.0, 1.0))
         return True
+
+    async def _extend_held(self) -> float:
+        """Extend the leases of the tasks this process holds, as the supervisor does; returns
+        the seconds until the next extension is due."""
+        lease = self.options.lease_extend
+        if lease is False:
+            return 3600.0
+        held = self._held_tasks()
+        every = [
+            float(lease) if not isinstance(lease, bool) else self.source.lease_interval(t)
+            for t in held
+        ]
+        due = [e for e in every if e]
+        if not due:
+            return 1.0
+        try:
+            await asyncio.wait_for(self.source.extend(held), HAND_BACK_TIMEOUT)
+        except Exception as exc:  # the server's clock decides then
+            log.warning("%s: extending leases failed: %s", self.task_type, exc)
+        return min(due)
 
     async def _hand_back_held(self) -> None:
         """Hand back every task this process's ledger still holds (re-queued at once, no retry

@@ -100,3 +100,25 @@ def test_the_supervisor_killed_9_leaves_no_process_past_the_drain_timeout(tmp_pa
         f" COMPLETED by their processes, 4 running 600s tasks handed back by them,"
         f" last process gone {took:.1f}s after the kill"
     )
+
+
+@pytest.mark.timeout(120)
+def test_with_the_supervisor_killed_9_its_processes_extend_their_leases_while_they_finish(
+    tmp_path,
+):
+    drain = 10.0
+    with ConductorTestServer() as server:
+        # 6 s tasks on a 3 s response timeout: they finish only if their leases are extended.
+        server.register_task_def("sleepy", retry_count=3, response_timeout_seconds=3)
+        ids = server.enqueue_many("sleepy", [{"seconds": 6.0} for _ in range(4)])
+        config = conductor_settings(server, tmp_path / "state", drain_timeout=drain)
+        with pool_process(tmp_path, "sleepy", session=True, **config) as proc:
+            assert _all_in_progress(server, ids)
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+            left = _gone_within(proc.pid, drain + 10.0)
+        jobs = [server.job(i) for i in ids]
+    assert left == []
+    assert all(j.status == "COMPLETED" and len(j.history) == 1 for j in jobs), [
+        (j.status, j.history) for j in jobs
+    ]
