@@ -65,10 +65,6 @@ HAND_BACK_TIMEOUT = 5.0
 #: While other tasks of the process still run, a poll waits up to this many seconds for
 #: three quarters of the slots to be free, so that one fetch brings several tasks.
 POLL_LINGER = 0.002
-#: A ``def`` handler whose last ``CHEAP_STREAK`` calls each returned within ``CHEAP_CALL``
-#: seconds runs the tasks of one poll one after the other in one slot thread (see ``_launch``).
-CHEAP_CALL = 0.0005
-CHEAP_STREAK = 64
 #: The ``exception`` (metric label) of a task past its time limit.
 TIME_LIMIT_EXCEEDED = "TimeLimitExceeded"
 
@@ -79,10 +75,6 @@ class _Stats:
     last_poll_ok: float = 0.0
     last_poll: float = 0.0
     last_error: str = ""
-
-
-#: A handler's call as the loop gets it back: its result, its context, and how long it took.
-_Outcome = tuple[TaskResult, TaskContext, float]
 
 
 class _Handback:
@@ -160,11 +152,6 @@ class Runner:
         self._completed = itertools.count(1)  # next() is atomic: slot threads count too
         #: def handler, a source with blocking calls, no hooks: slot threads run whole chains
         self._inline = False
-        #: def handler, no hooks: the tasks of one poll may share a slot thread (``_launch``)
-        self._batching = False
-        #: calls in a row that each returned within CHEAP_CALL (written by the slot threads;
-        #: a lost update only delays the switch)
-        self._cheap = 0
         self._running: dict[str, asyncio.Task[None]] = {}
         self._stopping = False
         #: no polling (the ``paused`` option, then the supervisor's pause and resume)
@@ -265,7 +252,6 @@ class Runner:
         if not self.worker.is_async:
             self._threads = LoopThreads(self.slots, f"tf-{self.task_type}")
             self._inline = bool(getattr(self.source, "blocking", False)) and not self.hooks
-            self._batching = not self._inline and not self.hooks
         await self.source.start()
         self._delivery = Delivery(self.source, self.spool)
         self.control.hello()
@@ -558,38 +544,13 @@ class Runner:
         self._launch(tasks)
 
     def _launch(self, tasks: Sequence[Task]) -> None:
-        """Start each task in a slot of its own (there is a free one for each).
-
-        A ``def`` handler known to be cheap (its last ``CHEAP_STREAK`` calls each returned within
-        ``CHEAP_CALL``) runs the tasks of one poll one after the other in one slot thread: one
-        hand-off to a thread and one wake-up of the loop for the batch instead of one per task,
-        and the results are reported together (their publishes share a write). A call that is
-        not cheap ends the batch there: the tasks after it go to threads of their own, and the
-        next polls hand out one task per thread again. Every task is in the ledger before the
-        batch starts, as always.
-        """
+        """Start each task in a slot of its own (there is a free one for each)."""
         records = [self._free_records.pop() for _ in tasks]
-        tasks = self._announce(tasks, records)
-        batch: asyncio.Future[list[_Outcome]] | None = None
-        if self._batching and len(tasks) > 1 and self._cheap >= CHEAP_STREAK:
-            assert self._threads is not None
-            call = contextvars.copy_context().run
-            batch = self._threads.run(call, self._call_batch, tasks)
-        for index, (task, record) in enumerate(zip(tasks, records, strict=True)):
-            batched = None if batch is None else (batch, index)
-            self._running[task.task_id] = asyncio.create_task(self._slot(task, record, batched))
+        for task, record in zip(self._announce(tasks, records), records, strict=True):
+            self._running[task.task_id] = asyncio.create_task(self._slot(task, record))
 
-    async def _slot(
-        self,
-        task: Task | None,
-        record: int,
-        batched: tuple[asyncio.Future[list[_Outcome]], int] | None = None,
-    ) -> None:
-        """Run a task, report it, and run chained tasks in the same slot (ledger ``record``).
-
-        ``batched``: the first task's outcome comes from a batch of ``_launch`` (the future of
-        the batch and the task's index in it).
-        """
+    async def _slot(self, task: Task | None, record: int) -> None:
+        """Run a task, report it, and run chained tasks in the same slot (ledger ``record``)."""
         assert self._delivery is not None
         first_id = task.task_id if task else ""
         try:
@@ -605,8 +566,7 @@ class Runner:
                         return
                     task = await self._finish(back, record)
                     continue
-                result = await self._execute(task, batched)
-                batched = None
+                result = await self._execute(task)
                 completed = self._stats.completed = next(self._completed)
                 # Checked once per task (it may read /proc); a process about to be recycled
                 # does not take a chained task it would have to run first.
@@ -690,16 +650,12 @@ class Runner:
         metrics.get().taskfleet_tasks_received.labels(self.task_type).inc()
         return self._announce([next_task], [record])[0]
 
-    async def _execute(
-        self,
-        task: Task,
-        batched: tuple[asyncio.Future[list[_Outcome]], int] | None = None,
-    ) -> TaskResult:
+    async def _execute(self, task: Task) -> TaskResult:
         await self._task_hook("before_execute", task)
-        if self.worker.is_async:
-            ctx = self._context(task)
-            started = time.monotonic()
-            try:
+        ctx = self._context(task)
+        started = time.monotonic()
+        try:
+            if self.worker.is_async:
                 coro = self._call_async(task, ctx)
                 if self.options.time_limit:
                     try:
@@ -708,66 +664,32 @@ class Runner:
                         result = time_limit_result(task, self.options.time_limit, self.worker_id)
                 else:
                     result = await coro
-            except asyncio.CancelledError:
-                raise
-            except BaseException as exc:
-                result = result_from_exception(task, exc, self.worker_id)
-            outcome = (result, ctx, time.monotonic() - started)
-        else:
-            outcome = await self._execute_in_thread(task, batched)
-        self._executed(task, *outcome)
-        await self._task_hook("after_execute", task, outcome[0])
-        return outcome[0]
-
-    async def _execute_in_thread(
-        self, task: Task, batched: tuple[asyncio.Future[list[_Outcome]], int] | None
-    ) -> _Outcome:
-        """A ``def`` handler in a slot thread: its own call, or its part of a batch."""
-        assert self._threads is not None
-        try:
-            if batched is not None:
-                outcomes = await batched[0]
-                if batched[1] < len(outcomes):
-                    return outcomes[batched[1]]
-                # The batch ended at a call that was not cheap: this task gets a thread.
-            call = contextvars.copy_context().run
-            return await self._threads.run(call, self._timed_call, task)
+            else:
+                assert self._threads is not None
+                call = contextvars.copy_context().run
+                result = await self._threads.run(call, self._call_sync, task, ctx)
         except asyncio.CancelledError:
             raise
-        except BaseException as exc:  # the threads' own failure: the handler's are results
-            return result_from_exception(task, exc, self.worker_id), self._context(task), 0.0
-
-    def _timed_call(self, task: Task) -> _Outcome:
-        """In a slot thread: one call of the ``def`` handler, timed (see ``CHEAP_CALL``)."""
-        ctx = self._context(task)
-        started = time.monotonic()
-        result = self._call_sync(task, ctx)
-        duration = time.monotonic() - started
-        self._cheap = self._cheap + 1 if duration < CHEAP_CALL else 0
-        return result, ctx, duration
-
-    def _call_batch(self, tasks: Sequence[Task]) -> list[_Outcome]:
-        """In a slot thread: the tasks of one poll, one after the other, until a call is not
-        cheap (the tasks after it are left out: each gets a thread of its own)."""
-        outcomes = []
-        for task in tasks:
-            outcomes.append(self._timed_call(task))
-            if not self._cheap:
-                break
-        return outcomes
+        except BaseException as exc:
+            result = result_from_exception(task, exc, self.worker_id)
+        self._executed(task, result, ctx, started)
+        await self._task_hook("after_execute", task, result)
+        return result
 
     def _execute_blocking(self, task: Task) -> TaskResult:
         """A ``def`` handler in the calling slot thread (no hooks: see ``_inline``)."""
-        outcome = self._timed_call(task)
-        self._executed(task, *outcome)
-        return outcome[0]
+        ctx = self._context(task)
+        started = time.monotonic()
+        result = self._call_sync(task, ctx)
+        self._executed(task, result, ctx, started)
+        return result
 
     def _context(self, task: Task) -> TaskContext:
         ctx = TaskContext(task, self.worker_id)
         ctx.progress_sink = self._progress.offer
         return ctx
 
-    def _executed(self, task: Task, result: TaskResult, ctx: TaskContext, duration: float) -> None:
+    def _executed(self, task: Task, result: TaskResult, ctx: TaskContext, started: float) -> None:
         self._progress.finished(task.task_id)
         if ctx.logs:
             result.logs[:0] = ctx.logs
@@ -776,6 +698,7 @@ class Runner:
             result.message = result.message if result.message is not None else ctx.message
         if result.reason_for_incompletion or result.logs:
             redact_result(result)  # both leave the process: to the server, into results
+        duration = time.monotonic() - started
         metrics.get().task_execute_time_seconds.labels(self.task_type, result.status.value).observe(
             duration
         )

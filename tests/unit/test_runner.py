@@ -3,27 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import pickle
 import threading
 import time
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
-from taskfleet import (
-    NonRetryableError,
-    Task,
-    TaskInProgress,
-    TaskStatus,
-    add_log,
-    get_task_context,
-    worker_task,
-)
+from taskfleet import NonRetryableError, Task, TaskInProgress, TaskStatus, add_log, worker_task
 from taskfleet import _metrics as metrics
-from taskfleet import _runner as runner_module
 from taskfleet._delivery import Delivery
 from taskfleet._ledger import RECORD_SIZE, Ledger, unpack_task
-from taskfleet._runner import CHEAP_CALL, CHEAP_STREAK, Runner, run_inline
+from taskfleet._runner import Runner, run_inline
 from taskfleet._sources.memory import MemorySource
 from taskfleet._spool import Spool
 
@@ -322,80 +312,3 @@ def test_every_task_is_in_the_ledger_when_it_starts_even_when_too_big_or_beyond_
     assert all(tasks[n].task_id in held_at_start[n] for n in range(5)), held_at_start
     assert all(r is not None and r[2] == b"" for r in supervisor_view.read()), "all cleared"
     supervisor_view.close(remove=True)
-
-
-class BatchRecording(MemorySource):
-    """Records the ids of the tasks each poll handed out; no chained tasks (like NATS)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.batches: list[list[str]] = []
-
-    async def poll(self, request):  # type: ignore[no-untyped-def]
-        tasks = await super().poll(request)
-        if tasks:
-            self.batches.append([t.task_id for t in tasks])
-        return tasks
-
-    async def report(self, task, result, *, chain=False):  # type: ignore[no-untyped-def]
-        return await super().report(task, result, chain=False)
-
-
-def test_a_cheap_def_handler_runs_the_tasks_of_one_poll_in_one_thread_each_recorded_first(
-    tmp_path, monkeypatch
-):
-    # What counts as cheap is the runner's business; this handler reads the ledger, which on a
-    # loaded machine can take longer than a no-op's budget. Judged generously here, it is cheap.
-    monkeypatch.setattr(runner_module, "CHEAP_CALL", 1.0)
-    ledger_path = tmp_path / "0.ledger"
-    supervisor_view = Ledger.create(ledger_path, 4)
-    thread_of: dict[str, int] = {}
-    held_at_start: dict[str, set[str]] = {}
-
-    @worker_task("cheap", threads=4)
-    def cheap(n: int) -> dict:
-        task_id = get_task_context().task_id
-        thread_of[task_id] = threading.get_ident()
-        held_at_start[task_id] = {
-            unpack_task(pickle.loads(r[2])).task_id
-            for r in supervisor_view.read()
-            if r is not None and r[2]
-        }
-        return {"n": n}
-
-    total = CHEAP_STREAK * 4
-    source = BatchRecording()
-    tasks = [source.add("cheap", {"n": n}) for n in range(total)]
-
-    async def main() -> None:
-        await Runner(cheap, source, ledger=Ledger(ledger_path, 4), max_tasks=total).run()
-
-    asyncio.run(main())
-    assert all(source.final(t.task_id).output_data == {"n": n} for n, t in enumerate(tasks))
-    assert all(t.task_id in held_at_start[t.task_id] for t in tasks), "recorded before it ran"
-    # Once the handler has been cheap CHEAP_STREAK times in a row, the tasks of one poll share
-    # a thread (the first polls, before that, spread theirs over the threads).
-    seen = list(itertools.accumulate(len(b) for b in source.batches))
-    later = [b for b, n in zip(source.batches, seen, strict=True) if n > CHEAP_STREAK + 8]
-    later = [b for b in later if len(b) > 1]
-    assert later, source.batches
-    assert all(len({thread_of[i] for i in batch}) == 1 for batch in later)
-    supervisor_view.close(remove=True)
-
-
-def test_a_call_that_is_not_cheap_ends_batching_and_tasks_run_side_by_side_again():
-    barrier = threading.Barrier(4, timeout=5)
-
-    @worker_task("mostly_cheap", threads=4)
-    def mostly_cheap(kind: str) -> dict:
-        if kind == "slow":
-            time.sleep(CHEAP_CALL * 4)
-        elif kind == "meet":
-            barrier.wait()  # passes only when 4 handlers run at the same time
-        return {"kind": kind}
-
-    source = BatchRecording()
-    kinds = ["cheap"] * (CHEAP_STREAK * 2) + ["slow"] + ["meet"] * 4
-    tasks = [source.add("mostly_cheap", {"kind": k}) for k in kinds]
-    run_inline(mostly_cheap, source, max_tasks=len(tasks))
-    assert all(source.final(t.task_id).status is TaskStatus.COMPLETED for t in tasks)
