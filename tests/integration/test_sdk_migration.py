@@ -3,10 +3,12 @@ the Conductor test server (docs/migrating-from-conductor-python.md)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,35 +43,45 @@ if __name__ == '__main__':
 """
 
 
-def test_the_sdk_readme_workers_run_unchanged_apart_from_imports(tmp_path):
+@contextlib.contextmanager
+def sdk_script(
+    tmp_path: Path, source: str, server: ConductorTestServer
+) -> Iterator[subprocess.Popen[str]]:
+    """Run ``source`` as a user's ``main.py`` with the deployment's environment (the server's URL
+    as the SDK reads it); killed at the end if it is still running."""
     script = tmp_path / "main.py"
-    script.write_text(README_MAIN.format(workers_dir=str(Path(__file__).parent)))
+    script.write_text(source.format(workers_dir=str(Path(__file__).parent)))
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "CONDUCTOR_SERVER_URL": server.url,
+        "TASKFLEET_STATE_DIR": str(tmp_path / "state"),
+        "TASKFLEET_METRICS_ADDRESS": "off",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_the_sdk_readme_workers_run_unchanged_apart_from_imports(tmp_path):
     with ConductorTestServer() as server:
         class_ids = server.enqueue_many("python_task_example", [{}] * 5)
         function_ids = server.enqueue_many(
             "python_annotated_task", [{"name": "Ada"}, {"name": "Bob", "greeting": "Hi"}]
         )
-        env = {
-            "PATH": os.environ.get("PATH", ""),
-            "CONDUCTOR_SERVER_URL": server.url,  # the deployment's environment, as the SDK reads it
-            "TASKFLEET_STATE_DIR": str(tmp_path / "state"),
-            "TASKFLEET_METRICS_ADDRESS": "off",
-        }
-        proc = subprocess.Popen(
-            [sys.executable, str(script)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
+        with sdk_script(tmp_path, README_MAIN, server) as proc:
             done = server.wait_for(class_ids + function_ids, timeout=60)
             proc.send_signal(signal.SIGTERM)
             _, stderr = proc.communicate(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
         assert done, stderr
         assert proc.returncode == 0, stderr
         jobs = [server.job(i) for i in class_ids]
@@ -148,33 +160,13 @@ if __name__ == '__main__':
 
 
 def test_a_pool_whose_main_returns_after_start_keeps_running_whole_until_sigterm(tmp_path):
-    script = tmp_path / "main.py"
-    script.write_text(MAIN_WITHOUT_JOIN.format(workers_dir=str(Path(__file__).parent)))
-    with ConductorTestServer() as server:
-        env = {
-            "PATH": os.environ.get("PATH", ""),
-            "CONDUCTOR_SERVER_URL": server.url,
-            "TASKFLEET_STATE_DIR": str(tmp_path / "state"),
-            "TASKFLEET_METRICS_ADDRESS": "off",
-        }
-        proc = subprocess.Popen(
-            [sys.executable, str(script)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            # Tasks that come after main() has returned are run all the same.
-            wait_until(lambda: server.request_count("/tasks/poll/batch/python_annotated_task") > 3)
-            ids = server.enqueue_many("python_annotated_task", [{"name": "Ada"}] * 3)
-            done = server.wait_for(ids, timeout=60)
-            proc.send_signal(signal.SIGTERM)
-            _, stderr = proc.communicate(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
+    with ConductorTestServer() as server, sdk_script(tmp_path, MAIN_WITHOUT_JOIN, server) as proc:
+        # Tasks that come after main() has returned are run all the same.
+        wait_until(lambda: server.request_count("/tasks/poll/batch/python_annotated_task") > 3)
+        ids = server.enqueue_many("python_annotated_task", [{"name": "Ada"}] * 3)
+        done = server.wait_for(ids, timeout=60)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
     assert done, stderr
     assert proc.returncode == 0, stderr
     # The supervisor kept its thread pools (spool, hooks): nothing failed for want of them.
