@@ -322,11 +322,20 @@ def _connect(path: Path) -> Iterator[sqlite3.Connection]:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     db = sqlite3.connect(path, timeout=30, isolation_level=None)
     try:
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute(
-            "CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT,"
-            " body TEXT NOT NULL, claimed_until REAL, claimed_by INTEGER)"
-        )
+        # Switching to WAL needs the database to itself and does not wait for it: processes
+        # opening a new outbox at once can be told "locked" here, so this step is retried.
+        for attempt in range(100):
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute(
+                    "CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+                    " body TEXT NOT NULL, claimed_until REAL, claimed_by INTEGER)"
+                )
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 99:
+                    raise
+                time.sleep(0.05)
         yield db
     finally:
         db.close()

@@ -42,6 +42,11 @@ def taskfleet(
     )
 
 
+#: A pool logs at INFO what it finds at start-up (scratch directories of pools killed earlier
+#: on this machine, say); the tests of its one-line errors are about the error line alone.
+QUIET_START = {"TASKFLEET_LOG_LEVEL": "warning"}
+
+
 def one_line_error(done: subprocess.CompletedProcess[str], code: int) -> str:
     """Assert the documented exit code and a single ``taskfleet: ...`` line; return it."""
     assert done.returncode == code, done.stdout + done.stderr
@@ -423,6 +428,7 @@ def test_run_against_a_refused_conductor_server_is_one_line_saying_so(tmp_path):
         env={
             "CONDUCTOR_SERVER_URL": url,
             "TASKFLEET_METRICS_ADDRESS": "off",
+            **QUIET_START,
             "TASKFLEET_STATE_DIR": str(tmp_path),
         },
     )
@@ -441,6 +447,7 @@ def test_run_against_a_refused_nats_server_is_one_line_saying_so(tmp_path):
             "NATS_URL": url,
             "TASKFLEET_NATS_CONNECT_TIMEOUT": "1",
             "TASKFLEET_METRICS_ADDRESS": "off",
+            **QUIET_START,
             "TASKFLEET_STATE_DIR": str(tmp_path),
         },
     )
@@ -570,7 +577,11 @@ def test_run_with_its_metrics_address_in_use_is_one_line_and_exit_5(tmp_path):
         done = taskfleet(
             "run",
             EXAMPLE,
-            env={"TASKFLEET_METRICS_ADDRESS": address, "TASKFLEET_STATE_DIR": str(tmp_path)},
+            env={
+                "TASKFLEET_METRICS_ADDRESS": address,
+                "TASKFLEET_STATE_DIR": str(tmp_path),
+                **QUIET_START,
+            },
         )
     line = one_line_error(done, cli.EXIT_ADDRESS_IN_USE)
     assert line == (
@@ -642,6 +653,7 @@ def test_a_script_whose_metrics_address_is_taken_ends_with_one_line(tmp_path):
                 **os.environ,
                 "PYTHONPATH": str(ROOT),
                 "TASKFLEET_METRICS_ADDRESS": address,
+                **QUIET_START,
                 "TASKFLEET_STATE_DIR": str(tmp_path / "state"),
             },
             capture_output=True,
