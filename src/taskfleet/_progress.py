@@ -73,9 +73,13 @@ class ProgressSender:
             self._loop.call_soon_threadsafe(self._schedule, task.task_id)
 
     def finished(self, task_id: str) -> None:
-        """The task ended (from any thread): what was not sent is dropped."""
-        with self._lock:
-            self._pending.pop(task_id, None)
+        """The task ended (from any thread): what was not sent is dropped.
+
+        Called for every task: a task that never reported progress (most) costs three
+        membership tests, no lock. Its handler has returned, so nothing adds it meanwhile."""
+        if task_id in self._pending:
+            with self._lock:
+                self._pending.pop(task_id, None)
         if task_id in self._last or task_id in self._timers:
             self._loop.call_soon_threadsafe(self._forget, task_id)
 
