@@ -5,8 +5,9 @@ from its loop (how the supervisor tells a wedged process from a busy one), and s
 leaves. The supervisor sends instructions: stop (drain), pause and resume polling. Which tasks a child holds is not
 said here: the in-flight ledger (``ledger.py``) is the one place for that.
 
-Messages are small tuples. Every send happens on the child's event-loop thread, so no lock is
-needed on the child side.
+Messages are small tuples. The child sends from its event-loop thread, and heartbeats also
+from the thread that stands in while a handler's call blocks the loop (``_runner.py``), so
+sends take a lock.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ class ControlClient:
     def __init__(self, conn: Connection | None) -> None:
         self._conn = conn
         self._broken = conn is None
+        self._lock = threading.Lock()
 
     @property
     def connected(self) -> bool:
@@ -84,7 +86,8 @@ class ControlClient:
             return
         assert self._conn is not None
         try:
-            self._conn.send(message)
+            with self._lock:
+                self._conn.send(message)
         except (OSError, EOFError, ValueError):
             # The supervisor is gone; the reader thread notices the same and stops the runner.
             self._broken = True

@@ -124,6 +124,14 @@ class WorkerOptions:
         "MiB of resident memory after which the process is replaced gracefully, checked after"
         " each task (0: never).",
     )
+    cheap_on_loop: bool = _option(
+        True,
+        parsers.BOOLEAN,
+        "CHEAP_ON_LOOP",
+        "a ``def`` handler whose calls prove short (each of its last 256 under 0.5 ms) runs on"
+        " the process's event loop, without the hand-off to a slot thread, until a call takes"
+        " over 2 ms; ``false`` keeps every call in a slot thread (docs/workers.md).",
+    )
 
     def validate(self, task_type: str) -> WorkerOptions:
         """Check every value; raise ConfigurationError naming ``<task_type>.<option>``."""

@@ -32,6 +32,7 @@ import os
 import pickle
 import resource
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -65,6 +66,15 @@ HAND_BACK_TIMEOUT = 5.0
 #: While other tasks of the process still run, a poll waits up to this many seconds for
 #: three quarters of the slots to be free, so that one fetch brings several tasks.
 POLL_LINGER = 0.002
+#: A ``def`` handler whose last ``CHEAP_STREAK`` calls in slot threads each returned within
+#: ``CHEAP_CALL`` seconds runs on the loop (``cheap_on_loop``; see ``_execute``). A call on the
+#: loop that takes longer than ``CHEAP_CALL_MAX`` sends the handler back to the threads, and the
+#: streak it needs to come back grows fourfold each time.
+CHEAP_CALL = 0.0005
+CHEAP_CALL_MAX = 0.002
+CHEAP_STREAK = 256
+#: How often the watch of calls on the loop looks (seconds; see ``_watch_loop_calls``).
+LOOP_CALL_WATCH = 0.5
 #: The ``exception`` (metric label) of a task past its time limit.
 TIME_LIMIT_EXCEEDED = "TimeLimitExceeded"
 
@@ -152,6 +162,18 @@ class Runner:
         self._completed = itertools.count(1)  # next() is atomic: slot threads count too
         #: def handler, a source with blocking calls, no hooks: slot threads run whole chains
         self._inline = False
+        #: def handler on an async source, ``cheap_on_loop``: cheap calls may run on the loop
+        self._loop_calls = False
+        #: slot-thread calls in a row that each returned within CHEAP_CALL (written by the slot
+        #: threads; a lost update only delays the switch)
+        self._cheap = 0
+        #: the streak after which calls run on the loop (grows with each return to the threads)
+        self._cheap_needed = CHEAP_STREAK
+        #: ``time.monotonic()`` when the call running on the loop began (0.0: none runs)
+        self._loop_call_started = 0.0
+        self._loop_call_warned = False
+        self._on_loop = False  # the last call ran on the loop (for the log)
+        self._watch_stop: threading.Event | None = None
         self._running: dict[str, asyncio.Task[None]] = {}
         self._stopping = False
         #: no polling (the ``paused`` option, then the supervisor's pause and resume)
@@ -252,6 +274,7 @@ class Runner:
         if not self.worker.is_async:
             self._threads = LoopThreads(self.slots, f"tf-{self.task_type}")
             self._inline = bool(getattr(self.source, "blocking", False)) and not self.hooks
+            self._loop_calls = not self._inline and self.options.cheap_on_loop
         await self.source.start()
         self._delivery = Delivery(self.source, self.spool)
         self.control.hello()
@@ -268,6 +291,8 @@ class Runner:
             heartbeat.cancel()
             if flusher is not None:
                 flusher.cancel()
+            if self._watch_stop is not None:
+                self._watch_stop.set()
             self._send_heartbeat()
             if self._threads is not None:
                 self._threads.shutdown()
@@ -472,15 +497,16 @@ class Runner:
             m.taskfleet_last_poll_success_timestamp_seconds.labels(self.task_type).set(
                 self._stats.last_poll_ok
             )
-        self.control.heartbeat(
-            ChildStatus(
-                in_flight=len(self._running),
-                completed=self._stats.completed,
-                last_poll_ok=self._stats.last_poll_ok,
-                last_error=self._stats.last_error,
-                polling=self._polling and not self._stopping,
-                last_poll=self._stats.last_poll,
-            )
+        self.control.heartbeat(self._status())
+
+    def _status(self) -> ChildStatus:
+        return ChildStatus(
+            in_flight=len(self._running),
+            completed=self._stats.completed,
+            last_poll_ok=self._stats.last_poll_ok,
+            last_error=self._stats.last_error,
+            polling=self._polling and not self._stopping,
+            last_poll=self._stats.last_poll,
         )
 
     async def _flush_spool_quietly(self) -> None:
@@ -664,6 +690,13 @@ class Runner:
                         result = time_limit_result(task, self.options.time_limit, self.worker_id)
                 else:
                     result = await coro
+            elif self._loop_calls:
+                if self._cheap >= self._cheap_needed:
+                    result = self._call_on_loop(task, ctx)
+                else:
+                    assert self._threads is not None
+                    call = contextvars.copy_context().run
+                    result = await self._threads.run(call, self._timed_call, task, ctx)
             else:
                 assert self._threads is not None
                 call = contextvars.copy_context().run
@@ -683,6 +716,93 @@ class Runner:
         result = self._call_sync(task, ctx)
         self._executed(task, result, ctx, started)
         return result
+
+    # -- cheap def handlers on the loop (docs/workers.md, "Plain def handlers") ----------------
+    #
+    # Handing a call to a slot thread and back costs a thread wake-up and the GIL crossing
+    # twice: ~50 us of CPU per task on the machine of docs/benchmarks.md, more than a short
+    # handler itself. A pure-Python call holds the GIL wherever it runs, so running a call that
+    # is known to be short on the loop loses no parallelism. Known short: its last
+    # ``_cheap_needed`` calls in threads each took under CHEAP_CALL. Calls that wait (I/O,
+    # sleeps) show up as slow and stay in threads; one that turns slow on the loop sends the
+    # handler back to the threads, and meanwhile ``_watch_loop_calls`` sends the heartbeats the
+    # blocked loop cannot.
+
+    def _timed_call(self, task: Task, ctx: TaskContext) -> TaskResult:
+        """In a slot thread: the ``def`` handler's call, timed for the streak of cheap calls."""
+        started = time.monotonic()
+        result = self._call_sync(task, ctx)
+        if time.monotonic() - started < CHEAP_CALL:
+            self._cheap += 1
+        else:
+            self._cheap = 0
+        return result
+
+    def _call_on_loop(self, task: Task, ctx: TaskContext) -> TaskResult:
+        """On the loop: the ``def`` handler's call, as it would run in a slot thread (its own
+        copy of the context, no running loop: ``asyncio.run`` inside works as in a thread)."""
+        if not self._on_loop:
+            self._on_loop = True
+            log.info(
+                "%s: the handler's last %d calls each took under %g ms: its calls run on the"
+                " event loop",
+                self.task_type,
+                self._cheap_needed,
+                CHEAP_CALL * 1000,
+            )
+        if self._watch_stop is None:
+            self._watch_stop = threading.Event()
+            threading.Thread(
+                target=self._watch_loop_calls,
+                args=(self._watch_stop,),
+                name=f"tf-{self.task_type}-watch",
+                daemon=True,
+            ).start()
+        loop = asyncio.get_running_loop()
+        started = self._loop_call_started = time.monotonic()
+        asyncio._set_running_loop(None)
+        try:
+            result = contextvars.copy_context().run(self._call_sync, task, ctx)
+        finally:
+            asyncio._set_running_loop(loop)
+            self._loop_call_started = 0.0
+        took = time.monotonic() - started
+        if took > CHEAP_CALL_MAX:
+            self._cheap = 0
+            self._on_loop = False
+            self._cheap_needed *= 4
+            level = logging.WARNING if took > HEARTBEAT_INTERVAL else logging.INFO
+            log.log(
+                level,
+                "%s: a call of the handler took %.1f ms on the event loop; its calls run in slot"
+                " threads again (back on the loop after %d short calls in a row)",
+                self.task_type,
+                took * 1000,
+                self._cheap_needed,
+            )
+            self._loop_call_warned = False
+        return result
+
+    def _watch_loop_calls(self, stop: threading.Event) -> None:
+        """A thread: while a call on the loop blocks it, send the heartbeats the loop cannot (the
+        call is a task the supervisor knows, with its time limit, as if it ran in a thread)."""
+        while not stop.wait(LOOP_CALL_WATCH):
+            started = self._loop_call_started
+            if not started:
+                continue
+            blocked = time.monotonic() - started
+            if blocked < HEARTBEAT_INTERVAL:
+                continue
+            if not self._loop_call_warned:
+                self._loop_call_warned = True
+                log.warning(
+                    "%s: a call of the handler has blocked the event loop for %.1f s (other"
+                    " tasks of this process wait); its calls go back to slot threads when it"
+                    " returns",
+                    self.task_type,
+                    blocked,
+                )
+            self.control.heartbeat(self._status())
 
     def _context(self, task: Task) -> TaskContext:
         ctx = TaskContext(task, self.worker_id)

@@ -66,6 +66,7 @@ class WorkerInterface(abc.ABC):
     max_attempts: int
     max_tasks_per_child: int
     max_memory_per_child: int
+    cheap_on_loop: bool
 
     def __init__(self, task_definition_name: str) -> None:
         self.task_definition_name = task_definition_name

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -81,3 +82,10 @@ def nats_later(task: Task) -> object:
     if task.attempt == 1:
         return TaskInProgress(callback_after_seconds=0.1, output={"stage": "waiting"})
     return {"stage": "done"}
+
+
+@worker_task("nats_turns_slow", threads=2, poll_interval=20)
+def nats_turns_slow(i: int, sleep: float = 0.0) -> dict:
+    if sleep:  # time.sleep(0) would wait for the GIL, and cheap calls must stay cheap
+        time.sleep(sleep)
+    return {"i": i, "thread": threading.current_thread().name, "pid": os.getpid()}

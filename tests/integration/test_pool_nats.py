@@ -13,6 +13,7 @@ from nats_pool_workers import (
     native_spin,
     nats_cube,
     nats_square,
+    nats_turns_slow,
     stage_count,
     stage_enrich,
     stage_parse,
@@ -139,3 +140,34 @@ def test_a_three_stage_pipeline_completes_1000_chains(nats_config):
     assert [f.output["first"] for f in finals] == [f"W{i}" for i in range(1000)]
     assert all(f.output["count"] == 3 for f in finals)
     assert depth == 0
+
+
+def test_a_cheap_def_handler_that_blocks_the_loop_is_not_killed_as_wedged(nats_config):
+    # A def handler proven cheap runs on its process's event loop (its main thread). When a call
+    # then blocks for longer than the heartbeat timeout, the process must not be taken for
+    # wedged: the task completes, later tasks too, in the same process.
+    config = pool_config(nats_config).replace(heartbeat_timeout=2.0)
+    with (
+        TaskClient(config) as client,
+        TaskHandler([nats_turns_slow], config, install_signal_handlers=False) as h,
+    ):
+        h.start_processes()
+        for _ in range(20):  # bounded: each round is 300 cheap calls
+            ids = client.submit_many("nats_turns_slow", [{"i": i} for i in range(300)])
+            fast = [client.result(i, timeout=60) for i in ids]
+            if fast[-1].output["thread"] == "MainThread":
+                break
+        else:
+            pytest.fail("no call ran on the event loop after 6,000 cheap ones")
+        slow = client.submit("nats_turns_slow", {"i": -1, "sleep": 4.0})
+        time.sleep(0.5)
+        later = client.submit_many("nats_turns_slow", [{"i": i} for i in range(10)])
+        blocked = client.result(slow, timeout=60)
+        rest = [client.result(i, timeout=60) for i in later]
+        restarts = h.workers_status()[0]["restarts"]
+    pid = fast[-1].output["pid"]
+    assert blocked.status is TaskStatus.COMPLETED
+    assert blocked.output == {"i": -1, "thread": "MainThread", "pid": pid}
+    assert [o.status for o in rest] == [TaskStatus.COMPLETED] * 10
+    assert {o.output["pid"] for o in rest} == {pid}
+    assert restarts == 0

@@ -30,6 +30,7 @@ BAD_VALUES = {
     "max_attempts": -1,
     "max_tasks_per_child": True,
     "max_memory_per_child": 0.5,
+    "cheap_on_loop": "no",
 }
 
 

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import multiprocessing
 import pickle
 import threading
 import time
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
+import pytest
+
 from taskfleet import NonRetryableError, Task, TaskInProgress, TaskStatus, add_log, worker_task
 from taskfleet import _metrics as metrics
+from taskfleet import _runner as runner_module
+from taskfleet._control import ControlClient
 from taskfleet._delivery import Delivery
 from taskfleet._ledger import RECORD_SIZE, Ledger, unpack_task
 from taskfleet._runner import Runner, run_inline
@@ -312,3 +318,105 @@ def test_every_task_is_in_the_ledger_when_it_starts_even_when_too_big_or_beyond_
     assert all(tasks[n].task_id in held_at_start[n] for n in range(5)), held_at_start
     assert all(r is not None and r[2] == b"" for r in supervisor_view.read()), "all cleared"
     supervisor_view.close(remove=True)
+
+
+# -- cheap def handlers on the loop -------------------------------------------------------------
+
+
+@pytest.fixture
+def cheap_on_loop_quickly(monkeypatch):
+    """Promotion after 8 calls; "cheap" and "too slow on the loop" generous enough that a loaded
+    machine cannot make a fast call look slow (the constants' meaning is what is tested)."""
+    monkeypatch.setattr(runner_module, "CHEAP_STREAK", 8)
+    monkeypatch.setattr(runner_module, "CHEAP_CALL", 0.05)
+    monkeypatch.setattr(runner_module, "CHEAP_CALL_MAX", 0.1)
+
+
+def thread_recorder(task_type: str, **options):
+    """A def handler that records the thread each task ran on; ``sleep`` makes a call slow."""
+    ran_on: dict[int, str] = {}
+
+    @worker_task(task_type, threads=2, **options)
+    def handler(i: int, sleep: float = 0.0) -> dict:
+        time.sleep(sleep)
+        ran_on[i] = threading.current_thread().name
+        return {"i": i}
+
+    return handler, ran_on
+
+
+def test_a_def_handler_proven_cheap_runs_on_the_loop_until_a_call_is_slow(cheap_on_loop_quickly):
+    handler, ran_on = thread_recorder("cheap")
+    source = MemorySource()
+    ids = [source.add("cheap", {"i": i}).task_id for i in range(40)]
+    ids.append(source.add("cheap", {"i": 40, "sleep": 0.3}).task_id)
+    ids += [source.add("cheap", {"i": i}).task_id for i in range(41, 60)]
+    run_inline(handler, source, max_tasks=60)
+    assert all(source.final(i).status is TaskStatus.COMPLETED for i in ids)
+    loop_thread = threading.current_thread().name  # run_inline runs the loop here
+    # The first calls prove the handler cheap in slot threads, later ones skip the hand-off.
+    assert all(ran_on[i] != loop_thread for i in range(8))
+    assert all(ran_on[i] == loop_thread for i in range(20, 41))
+    # The slow call sends it back to the threads for 4 x 8 calls: more than are left.
+    assert all(ran_on[i] != loop_thread for i in range(41, 60))
+
+
+def test_cheap_on_loop_false_keeps_every_call_in_a_slot_thread(cheap_on_loop_quickly):
+    handler, ran_on = thread_recorder("kept", cheap_on_loop=False)
+    source = MemorySource()
+    ids = [source.add("kept", {"i": i}).task_id for i in range(40)]
+    run_inline(handler, source, max_tasks=40)
+    assert all(source.final(i).status is TaskStatus.COMPLETED for i in ids)
+    assert threading.current_thread().name not in set(ran_on.values())
+
+
+def test_a_def_handler_on_the_loop_may_run_its_own_event_loop(cheap_on_loop_quickly):
+    ran_on: list[str] = []
+
+    async def fetch(i: int) -> int:
+        await asyncio.sleep(0)
+        return i * 2
+
+    @worker_task("nested", threads=2)
+    def nested(i: int) -> dict:
+        ran_on.append(threading.current_thread().name)
+        return {"doubled": asyncio.run(fetch(i))}
+
+    source = MemorySource()
+    ids = [source.add("nested", {"i": i}).task_id for i in range(30)]
+    run_inline(nested, source, max_tasks=30)
+    assert [source.final(i).output_data["doubled"] for i in ids] == [i * 2 for i in range(30)]
+    assert threading.current_thread().name in ran_on  # some of them ran on the loop's thread
+
+
+def test_a_call_blocking_the_loop_does_not_stop_the_heartbeats(cheap_on_loop_quickly, monkeypatch):
+    monkeypatch.setattr(runner_module, "HEARTBEAT_INTERVAL", 0.2)
+    monkeypatch.setattr(runner_module, "LOOP_CALL_WATCH", 0.05)
+    handler, ran_on = thread_recorder("blocker")
+    source = MemorySource()
+    for i in range(20):
+        source.add("blocker", {"i": i})
+    source.add("blocker", {"i": 20, "sleep": 1.5})
+    ours, theirs = multiprocessing.Pipe()
+    beats: list[float] = []
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            if theirs.poll(0.05):
+                message = theirs.recv()
+                if message[0] == "hb":
+                    beats.append(time.monotonic())
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        runner = Runner(handler, source, control=ControlClient(ours), max_tasks=21)
+        asyncio.run(runner.run())
+    finally:
+        done.set()
+        reader.join()
+    assert ran_on[20] == threading.current_thread().name  # the blocking call ran on the loop
+    gaps = [b - a for a, b in itertools.pairwise(beats)]
+    # The loop was blocked for 1.5 s; the watch stands in for it after HEARTBEAT_INTERVAL.
+    assert beats and max(gaps) < 1.0, gaps
