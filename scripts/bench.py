@@ -616,6 +616,11 @@ def bench_nats(args: argparse.Namespace) -> list[Row]:
                 rate = n / (time.monotonic() - start)
                 return rate, (sum(p.worker_cpu() for p in pools) - cpu0) * 1000 / n
 
+            # Every program drains WARM_UP tasks before it is measured: connections, consumers
+            # and caches are warm, and a def handler has had its 256 calls to prove it cheap
+            # (docs/workers.md, "Plain def handlers"): the rows are steady-state rates.
+            WARM_UP = 300
+
             def run_tf(task_type: str, procs: int, n: int, handler: str) -> tuple[float, float]:
                 with pool(
                     "--sdk",
@@ -631,7 +636,7 @@ def bench_nats(args: argparse.Namespace) -> list[Row]:
                     "--threads",
                     str(threads),
                 ) as tf:
-                    drain(task_type, 50, [tf])
+                    drain(task_type, WARM_UP, [tf])
                     return drain(task_type, n, [tf])
 
             def run_raw(task_type: str, procs: int, n: int, _: str) -> tuple[float, float]:
@@ -643,7 +648,7 @@ def bench_nats(args: argparse.Namespace) -> list[Row]:
                         )
                         for _ in range(procs)
                     ]
-                    drain(task_type, 50, raws)
+                    drain(task_type, WARM_UP, raws)
                     return drain(task_type, n, raws)
 
             # The raw loop runs its no-op inline on the event loop: taskfleet's like-for-like is

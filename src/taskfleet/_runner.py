@@ -151,7 +151,7 @@ class Runner:
         self.worker_id = self.options.identity
         self.task_type = worker.task_type
         self.slots = self.options.threads
-        #: runs the hooks off the loop (falsy without hooks; see ``_hookrun.py``)
+        #: runs the hooks off the loop (see ``_hookrun.py``); the hot path tests ``self.hooks``
         self._hooks = HookRunner(self.hooks, self.slots, f"tf-{self.task_type}", self.worker_id)
         if self.hooks:
             source.on_outcome = self._hooks.outcome
@@ -180,6 +180,8 @@ class Runner:
         self._paused = self.options.paused
         #: what the poll loop awaits while it sleeps (None: it is not sleeping)
         self._waiter: asyncio.Future[None] | None = None
+        #: the poll loop sleeps to let more slots free up (see ``_poll_loop``)
+        self._lingering = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._threads: LoopThreads | None = None
         self._delivery: Delivery | None = None
@@ -250,12 +252,12 @@ class Runner:
 
     def _hook(self, name: str, *args: Any) -> None:
         """A poll hook, on the hooks' thread: the poll loop does not wait for it."""
-        if self._hooks:
+        if self.hooks:
             self._hooks.poll_event(name, *args)
 
     async def _task_hook(self, name: str, task: Task, *args: Any) -> None:
         """A task's hook, off the loop with the task's context; only this task waits for it."""
-        if self._hooks:
+        if self.hooks:
             await self._hooks.task_event(name, task, *args)
 
     # -- the loop -----------------------------------------------------------------------------
@@ -334,7 +336,11 @@ class Runner:
                 if not linger_until:
                     linger_until = now + POLL_LINGER
                 if now < linger_until:
-                    await self._sleep(linger_until - now)
+                    self._lingering = True
+                    try:
+                        await self._sleep(linger_until - now)
+                    finally:
+                        self._lingering = False
                     continue
             linger_until = 0.0
             self._polling = True
@@ -598,7 +604,8 @@ class Runner:
                 # does not take a chained task it would have to run first.
                 recycle = self._recycle_reason(completed)
                 chain = not self._stopping and not self._paused and not recycle
-                await self._task_hook("before_report", task, result)
+                if self.hooks:
+                    await self._task_hook("before_report", task, result)
                 error: BaseException | None = None
                 next_task: Task | None = None
                 try:
@@ -606,7 +613,8 @@ class Runner:
                 except Exception as exc:  # a bug in a source must not leave the slot hanging
                     error = exc
                     log.exception("%s: reporting task %s failed", self.task_type, task.task_id)
-                await self._task_hook("after_report", task, result, error)
+                if self.hooks:
+                    await self._task_hook("after_report", task, result, error)
                 if self._ledger is not None:
                     self._ledger.clear(record)
                 if recycle:
@@ -621,7 +629,14 @@ class Runner:
             self._free_records.append(record)
             if self._backlog:
                 self._launch([self._backlog.popleft()])
-            self._wake_up()
+            # A lingering poll loop needs waking only once enough slots are free (its timer
+            # ends the linger otherwise): one wake-up per batch, not one per task.
+            if (
+                not self._lingering
+                or self.slots - len(self._running) >= self._batch
+                or not self._running
+            ):
+                self._wake_up()
 
     def _run_chain(self, task: Task, record: int) -> _Handback | None:
         """In a slot's thread: execute, report (first attempt) and go on with the chained task,
@@ -677,7 +692,8 @@ class Runner:
         return self._announce([next_task], [record])[0]
 
     async def _execute(self, task: Task) -> TaskResult:
-        await self._task_hook("before_execute", task)
+        if self.hooks:
+            await self._task_hook("before_execute", task)
         ctx = self._context(task)
         started = time.monotonic()
         try:
@@ -706,7 +722,8 @@ class Runner:
         except BaseException as exc:
             result = result_from_exception(task, exc, self.worker_id)
         self._executed(task, result, ctx, started)
-        await self._task_hook("after_execute", task, result)
+        if self.hooks:
+            await self._task_hook("after_execute", task, result)
         return result
 
     def _execute_blocking(self, task: Task) -> TaskResult:
