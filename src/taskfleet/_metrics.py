@@ -167,6 +167,12 @@ DEFINITIONS: tuple[_Def, ...] = (
     _Def("counter", "taskfleet_nats_redeliveries", "Tasks delivered more than once", ("taskType",)),
     _Def("counter", "taskfleet_dead_letters", "Tasks dead-lettered", ("taskType", "reason")),
     _Def(
+        "counter",
+        "taskfleet_poll_hook_events_dropped",
+        "Poll hook events (before_poll, after_poll) dropped while the poll hooks were behind",
+        ("taskType",),
+    ),
+    _Def(
         "gauge",
         "taskfleet_last_poll_success_timestamp_seconds",
         "Unix time of the last successful poll",

@@ -19,8 +19,10 @@ Rules, the same for every hook (they are :func:`call_hooks`'s promise):
 * **Where they run.** In the worker process, off its event loop (``_hookrun.py``): a task's
   hooks on a hook thread with the task's context set (so :func:`taskfleet.get_task_context`
   works there), awaited by that task's slot alone, so a slow hook delays only its own task;
-  poll hooks in order on a thread of their own, not awaited. Hooks objects are pickled into
-  each worker process, so build network clients lazily in the process, not in ``__init__``.
+  poll hooks in order on a thread of their own, not awaited; while 1,000 poll events wait for
+  it, a poll's ``before_poll`` and ``after_poll`` are dropped together (and counted). Hooks
+  objects are pickled into each worker process, so build network clients lazily in the
+  process, not in ``__init__``.
 * **Every started task ends.** Outcomes the supervisor reports instead of a worker process
   (crash, hard time limit, hand-back at the end of a drain) and dead letters a source decides
   alone reach ``after_execute``, ``before_report`` and ``after_report`` in the supervisor's
