@@ -564,8 +564,10 @@ class Runner:
         metrics.get().taskfleet_tasks_received.labels(self.task_type).inc(len(tasks))
         if len(tasks) > len(self._free_records):
             # A source handed out more than asked: the rest wait for a slot (and its record),
-            # so no task starts without the supervisor knowing it.
-            log.warning(
+            # so no task starts without the supervisor knowing it. Expected on NATS after an
+            # idle spell: a fetch also hands out what an earlier, expired pull request brought
+            # in late (nats-py returns everything pending), so this is not worth a warning.
+            log.debug(
                 "%s: the source returned %d task(s) for %d free slot(s); the rest wait",
                 self.task_type,
                 len(tasks),

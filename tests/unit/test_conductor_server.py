@@ -310,10 +310,20 @@ def test_a_single_poll_and_a_task_lookup_answer_one_task(server, http):
 
 
 def test_queue_sizes_count_scheduled_tasks_per_type(server, http):
+    server.register_task_def("a", retry_count=1)
     server.enqueue_many("a", [{}, {}])
     server.enqueue("b")
-    resp = http.get(f"{server.url}/tasks/queue/sizes", params={"taskType": ["a", "b", "c"]})
-    assert resp.json() == {"a": 2, "b": 1, "c": 0}
+    server.enqueue("a", domain="d1")
+
+    def sizes() -> dict:
+        names = ["a", "b", "c", "d1:a"]
+        return http.get(f"{server.url}/tasks/queue/sizes", params={"taskType": names}).json()
+
+    assert sizes() == {"a": 2, "b": 1, "c": 0, "d1:a": 1}
+    [task] = polled(http, server, "a")  # started: no longer waiting in the queue
+    assert sizes() == {"a": 1, "b": 1, "c": 0, "d1:a": 1}
+    http.post(f"{server.url}/tasks", json=result(task, "FAILED"))  # retried: queued again
+    assert sizes() == {"a": 2, "b": 1, "c": 0, "d1:a": 1}
 
 
 def test_task_definitions_can_be_registered_over_http(server, http):

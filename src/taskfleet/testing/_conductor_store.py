@@ -498,11 +498,14 @@ class TaskStore:
         a domain's tasks (each name asked gets an answer, 0 for an unknown one)."""
         with self.cond:
             sizes = dict.fromkeys(queues, 0)
-            for t in self._tasks.values():
-                if t.status == SCHEDULED:
-                    name = f"{t.domain}:{t.task_type}" if t.domain else t.task_type
-                    if name in sizes:
-                        sizes[name] += 1
+            for name in sizes:
+                domain, _, task_type = name.rpartition(":")
+                # The queue's own heap, not every task the server ever saw; entries of tasks
+                # that moved on since they were queued are stale and not counted.
+                heap = self._queues.get((task_type, domain or None), ())
+                sizes[name] = sum(
+                    1 for _, _, gen, t in heap if gen == t.gen and t.status == SCHEDULED
+                )
             return sizes
 
     def all_terminal(self, task_ids: Iterable[str]) -> bool:
