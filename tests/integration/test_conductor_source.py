@@ -91,6 +91,18 @@ def test_polled_tasks_are_mapped_from_the_wire(server, source):
     assert task.raw["workerId"] == "w1"
 
 
+def test_a_trace_context_in_the_input_becomes_the_tasks_headers(server, source):
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    server.enqueue("t", {"traceparent": traceparent, "tracestate": "k=v"})
+    server.enqueue("t", {"traceparent": 7})  # not a string: not a trace context
+    first, second = call(source, lambda s: s.poll(request(count=2)))
+    # The in-flight ledger keeps headers, not input: the pool's own span for this task, if its
+    # process dies, continues the same trace (docs/tracing.md).
+    assert first.headers == {"traceparent": traceparent, "tracestate": "k=v"}
+    assert first.input_data["traceparent"] == traceparent  # the handler's input is unchanged
+    assert second.headers == {}
+
+
 def test_poll_for_no_free_slots_makes_no_request(server, source):
     assert call(source, lambda s: s.poll(request(count=0))) == []
     assert server.request_count() == 0

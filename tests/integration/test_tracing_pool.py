@@ -140,10 +140,12 @@ def test_conductor_tasks_continue_a_traceparent_in_their_input_or_start_a_trace(
     (line,) = lines
     assert (line["trace_id"], line["span_id"]) == (linked["trace_id"], linked["span_id"])
 
-    # Past its hard time limit: the pool's error span, in a trace of its own with the workflow id.
+    # Past its hard time limit: the pool's error span, in the trace of the task's input (the
+    # worker that held the task was killed; the pool knew the task from its ledger only).
     (slow,) = [s for s in spans if s["name"] == "execute tr_slow"]
     assert slow["attributes"]["taskfleet.reported_by"] == "supervisor"
     assert slow["attributes"]["taskfleet.workflow.instance_id"] == "wf-slow"
+    assert (slow["trace_id"], slow["parent_id"]) == (client["trace_id"], client["span_id"])
     assert slow["status"] == "ERROR"
     assert slow["events"][0]["attributes"]["exception.type"] == "TimeLimitExceeded"
 

@@ -178,7 +178,7 @@ def conductor_main() -> None:
                 "tr_logged", {"n": 1, "traceparent": traceparent}, workflow_id="wf-linked"
             ),
             "unlinked": server.enqueue("tr_logged", {"n": 2}, workflow_id="wf-unlinked"),
-            "slow": server.enqueue("tr_slow", {}, workflow_id="wf-slow"),
+            "slow": server.enqueue("tr_slow", {"traceparent": traceparent}, workflow_id="wf-slow"),
         }
         report["ids"] = ids
         with TaskHandler([tr_logged, tr_slow], config, install_signal_handlers=False) as pool:

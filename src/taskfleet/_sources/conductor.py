@@ -72,9 +72,23 @@ def task_from_wire(data: Mapping[str, Any], task_type: str = "") -> Task:
         workflow_type=str(data.get("workflowType") or ""),
         reference_task_name=str(data.get("referenceTaskName") or ""),
         created_time=int(data.get("scheduledTime") or 0),
+        headers=_trace_headers(input_data) if isinstance(input_data, dict) else {},
         # A dict fresh from the JSON decoder is the source's own: no copy needed.
         raw=data if type(data) is dict else dict(data),
     )
+
+
+def _trace_headers(input_data: Mapping[str, Any]) -> dict[str, str]:
+    """The W3C trace context a task's input carries by convention (docs/tracing.md), as the
+    task's headers: the in-flight ledger keeps headers, not input, so the pool's span for a task
+    whose process died continues the same trace."""
+    traceparent = input_data.get("traceparent")
+    if not isinstance(traceparent, str):
+        return {}
+    tracestate = input_data.get("tracestate")
+    if isinstance(tracestate, str):
+        return {"traceparent": traceparent, "tracestate": tracestate}
+    return {"traceparent": traceparent}
 
 
 class ConductorSource(TaskSource):
