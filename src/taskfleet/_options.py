@@ -2,8 +2,9 @@
 
 A declaration names the option, its type and default, its meaning, its form (how it is
 validated, parsed from text and named in errors) and the ``<PROPERTY>`` of the environment
-variables that override it, compatible with the Conductor SDK:
-``CONDUCTOR_WORKER_<TASK_TYPE>_<PROPERTY>`` first, then ``CONDUCTOR_WORKER_ALL_<PROPERTY>``.
+variables that override it, in every spelling the Conductor Python SDK reads (:data:`TYPE_FORMS`,
+then :data:`ALL_FORMS`): ``CONDUCTOR_WORKER_<TASK_TYPE>_<PROPERTY>``,
+``conductor.worker.<task_type>.<property>``, ..., ``CONDUCTOR_WORKER_ALL_<PROPERTY>``.
 Validation, the environment overrides, the class attributes of ``WorkerInterface``, the keyword
 arguments of ``worker_task`` and docs/configuration.md are all derived from these fields
 (docs/workers.md#options).
@@ -22,9 +23,12 @@ from . import _parsers as parsers
 from ._errors import ConfigurationError
 
 __all__ = [
+    "ALL_FORMS",
     "OPTIONS",
     "Option",
+    "TYPE_FORMS",
     "WorkerOptions",
+    "env_variables",
     "from_sdk_arguments",
     "options_from_env",
     "options_of",
@@ -177,6 +181,9 @@ SDK_ONLY_PROPERTIES = dict.fromkeys(
     "taskfleet registers no task definitions or schemas",
 )
 
+#: Properties the SDK's documentation names but its code does not read: property to use.
+SDK_UNREAD_PROPERTIES = {"POLL_INTERVAL_MILLIS": "POLL_INTERVAL"}
+
 #: Keyword arguments and class-worker attributes as the SDK names them: alias -> option.
 SDK_OPTION_NAMES = {
     "thread_count": "threads",
@@ -237,24 +244,57 @@ def _env_names(task_type: str) -> list[str]:
     return [upper] if safe == upper else [upper, safe]
 
 
+#: The spellings of a worker variable for one task type, in the order the Conductor Python SDK
+#: reads them (2.x; 1.x reads ``conductor_worker_{t}_{p}`` and ``CONDUCTOR_WORKER_{t}_{P}``):
+#: ``{t}`` is the task type as written (case matters), ``{T}`` the task type upper-cased (or with
+#: characters other than letters, digits and ``_`` as ``_``), ``{p}``/``{P}`` the property in
+#: lower/upper case.
+TYPE_FORMS = (
+    "conductor.worker.{t}.{p}",
+    "conductor_worker_{t}_{p}",
+    "CONDUCTOR_WORKER_{T}_{P}",
+    "CONDUCTOR_WORKER_{t}_{P}",
+)
+#: The spellings for every task type, read after all of :data:`TYPE_FORMS`, in the SDK's order
+#: (1.x reads ``conductor_worker_{p}`` and ``CONDUCTOR_WORKER_{P}``).
+ALL_FORMS = (
+    "conductor.worker.all.{p}",
+    "CONDUCTOR_WORKER_ALL_{P}",
+    "conductor_worker_{p}",
+    "CONDUCTOR_WORKER_{P}",
+)
+_PREFIX = "CONDUCTOR_WORKER_"
+
+
+def env_variables(task_type: str, prop: str) -> list[str]:
+    """Every variable that sets the property ``prop`` (upper-case) for ``task_type``, the one
+    that wins first: each form of :data:`TYPE_FORMS`, then of :data:`ALL_FORMS`; in a form,
+    ``prop`` before the SDK's aliases of it (:data:`ENV_ALIASES`)."""
+    spellings = [prop, *(alias for alias, p in ENV_ALIASES.items() if p == prop)]
+    names = [
+        form.format(t=task_type, T=upper, p=spelling.lower(), P=spelling)
+        for form in (*TYPE_FORMS, *ALL_FORMS)
+        for upper in _env_names(task_type)
+        for spelling in spellings
+    ]
+    return list(dict.fromkeys(names))
+
+
 def options_from_env(
     task_type: str, options: WorkerOptions, env: Mapping[str, str]
 ) -> WorkerOptions:
-    """Apply ``CONDUCTOR_WORKER_<TASK_TYPE>_<PROP>`` over ``CONDUCTOR_WORKER_ALL_<PROP>`` overrides.
+    """Apply the environment's overrides: for each property, the first variable set of
+    :func:`env_variables` (``CONDUCTOR_WORKER_<TASK_TYPE>_<PROP>``, ``conductor.worker.<task_type>
+    .<prop>``, ... before ``CONDUCTOR_WORKER_ALL_<PROP>``, ``conductor.worker.all.<prop>``, ...).
 
     Raises:
         ConfigurationError: naming the variable when a value does not parse.
     """
     changes: dict[str, Any] = {}
-    names = _env_names(task_type)
     for option in OPTIONS:
         if option.env is None:
             continue
-        properties = [option.env, *(a for a, p in ENV_ALIASES.items() if p == option.env)]
-        candidates = [
-            f"CONDUCTOR_WORKER_{name}_{prop}" for name in [*names, "ALL"] for prop in properties
-        ]
-        for var in candidates:
+        for var in env_variables(task_type, option.env):
             if var in env:
                 changes[option.name] = option.form.read(var, env[var])
                 break
@@ -262,35 +302,49 @@ def options_from_env(
 
 
 def unread_worker_variables(env: Mapping[str, str], task_types: Iterable[str]) -> list[str]:
-    """A warning for each ``CONDUCTOR_WORKER_*`` variable no worker of the pool reads: an
-    unknown property, or a name that is no worker type of ``task_types``."""
+    """A warning for each worker variable (``CONDUCTOR_WORKER_*``, ``conductor.worker.*``,
+    ``conductor_worker_*``, in any case) no worker of the pool reads: an unknown property, a
+    name that is no worker type of ``task_types``, an SDK property taskfleet has no use for, or
+    a spelling or property the Conductor SDK does not read either (naming the one to use)."""
     task_types = sorted(task_types)
-    names = {name for task_type in task_types for name in _env_names(task_type)}
     properties = {option.env for option in OPTIONS if option.env} | set(ENV_ALIASES)
-    by_length = sorted(properties | set(SDK_ONLY_PROPERTIES), key=len, reverse=True)
+    read = {var for t in task_types for prop in properties for var in env_variables(t, prop)}
+    others = set(SDK_ONLY_PROPERTIES) | set(SDK_UNREAD_PROPERTIES)
+    by_length = sorted(properties | others, key=len, reverse=True)
+    types = {_env_names(task_type)[-1] for task_type in task_types}
     warnings = []
     for var in sorted(env):
-        rest = var.removeprefix("CONDUCTOR_WORKER_")
-        if rest == var:
+        folded = var.upper().replace(".", "_")
+        rest = folded.removeprefix(_PREFIX)
+        if rest == folded or var in read:
             continue
+        upper = var.startswith(_PREFIX)
         prop = next((p for p in by_length if rest == p or rest.endswith("_" + p)), None)
-        name = rest[: -len(prop) - 1] if prop else ""
         if prop is None:
+            known = sorted(p if upper else p.lower() for p in properties)
             warnings.append(
-                f"{var}: unknown worker property, ignored; the properties are "
-                + ", ".join(sorted(properties))
+                f"{var}: unknown worker property, ignored; the properties are " + ", ".join(known)
             )
-        elif prop in SDK_ONLY_PROPERTIES:
+            continue
+        if prop in SDK_ONLY_PROPERTIES:
             warnings.append(f"{var}: ignored: {SDK_ONLY_PROPERTIES[prop]}")
-        elif not name:
+            continue
+        name = rest[: -len(prop) - 1] if rest != prop else ""
+        key = "".join(c if c.isalnum() else "_" for c in name)
+        what = "property" if prop in SDK_UNREAD_PROPERTIES else "spelling"
+        prop = SDK_UNREAD_PROPERTIES.get(prop, prop)
+        if name in ("", "ALL"):
+            use = f"{_PREFIX}ALL_{prop}"
+        elif key in types:
+            use = f"{_PREFIX}{key}_{prop}"
+        else:
+            shown = var[len(_PREFIX) :][: len(name)] if len(var) == len(folded) else name
             warnings.append(
-                f"{var}: ignored; for every worker type use CONDUCTOR_WORKER_ALL_{prop}"
+                f"{var}: ignored: {shown!r} is no worker type of this pool"
+                f" ({_PREFIX}<TYPE>_{prop} for {', '.join(task_types)})"
             )
-        elif name != "ALL" and name not in names:
-            warnings.append(
-                f"{var}: ignored: {name!r} is no worker type of this pool"
-                f" (CONDUCTOR_WORKER_<TYPE>_{prop} for {', '.join(task_types)})"
-            )
+            continue
+        warnings.append(f"{var}: ignored: the Conductor SDK does not read this {what}; use {use}")
     return warnings
 
 

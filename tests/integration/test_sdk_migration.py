@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import pytest
 from helpers import metric_total, wait_until
@@ -45,10 +46,13 @@ if __name__ == '__main__':
 
 @contextlib.contextmanager
 def sdk_script(
-    tmp_path: Path, source: str, server: ConductorTestServer
+    tmp_path: Path,
+    source: str,
+    server: ConductorTestServer,
+    deployment_env: dict[str, str] | None = None,
 ) -> Iterator[subprocess.Popen[str]]:
     """Run ``source`` as a user's ``main.py`` with the deployment's environment (the server's URL
-    as the SDK reads it); killed at the end if it is still running."""
+    as the SDK reads it, and ``deployment_env``); killed at the end if it is still running."""
     script = tmp_path / "main.py"
     script.write_text(source.format(workers_dir=str(Path(__file__).parent)))
     env = {
@@ -56,7 +60,10 @@ def sdk_script(
         "CONDUCTOR_SERVER_URL": server.url,
         "TASKFLEET_STATE_DIR": str(tmp_path / "state"),
         "TASKFLEET_METRICS_ADDRESS": "off",
+        **(deployment_env or {}),
     }
+    if "PYTHONPATH" in os.environ:  # the taskfleet under test
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     proc = subprocess.Popen(
         [sys.executable, str(script)],
         env=env,
@@ -93,6 +100,41 @@ def test_the_sdk_readme_workers_run_unchanged_apart_from_imports(tmp_path):
         }
         messages = [server.job(i).output for i in function_ids]
         assert messages == [{"message": "Hello Ada"}, {"message": "Hi Bob"}]
+
+
+def test_the_sdks_dotted_worker_variables_configure_the_readme_workers(tmp_path):
+    deployment_env = {
+        # The SDK reads the dotted spelling first: it wins over the upper-case one.
+        "conductor.worker.python_annotated_task.thread_count": "3",  # the code says 2
+        "CONDUCTOR_WORKER_PYTHON_ANNOTATED_TASK_THREAD_COUNT": "5",
+        "conductor.worker.all.worker_id": "deploy-7",
+        "conductor.worker.all.THREAD_COUNT": "9",  # not read by the SDK either: warned about
+    }
+    with ConductorTestServer() as server:
+        ids = server.enqueue_many("python_annotated_task", [{"name": "Ada"}])
+        with sdk_script(tmp_path, README_MAIN, server, deployment_env) as proc:
+            done = server.wait_for(ids, timeout=60)
+            wait_until(lambda: server.request_count("/tasks/poll/batch/python_task_example") > 0)
+            proc.send_signal(signal.SIGTERM)
+            _, stderr = proc.communicate(timeout=60)
+        assert done, stderr
+        assert proc.returncode == 0, stderr
+        polls = {
+            task_type: [
+                parse_qs(r.query) for r in server.requests if r.path.endswith("/" + task_type)
+            ]
+            for task_type in ("python_annotated_task", "python_task_example")
+        }
+    # An idle worker asks for as many tasks as it has threads.
+    assert max(int(q["count"][0]) for q in polls["python_annotated_task"]) == 3
+    assert max(int(q["count"][0]) for q in polls["python_task_example"]) == 1
+    assert {q["workerid"][0] for qs in polls.values() for q in qs} == {"deploy-7"}
+    warnings = [line for line in stderr.splitlines() if " WARNING " in line]
+    assert len(warnings) == 1, stderr
+    assert warnings[0].endswith(
+        "conductor.worker.all.THREAD_COUNT: ignored: the Conductor SDK does not read this"
+        " spelling; use CONDUCTOR_WORKER_ALL_THREAD_COUNT"
+    )
 
 
 def test_a_configuration_built_with_the_sdk_argument_names_reaches_the_server(tmp_path):

@@ -159,13 +159,11 @@ def test_worker_variables_no_worker_reads_are_warned_about_naming_the_known_prop
         "CONDUCTOR_WORKER_ALL_LEASE_EXTEND_ENABLED": "false",  # read
         "CONDUCTOR_WORKER_RESIZE_THREADS": "4",
         "CONDUCTOR_WORKER_RESIZ_THREAD_COUNT": "4",
-        "CONDUCTOR_WORKER_POLL_INTERVAL": "500",
+        "CONDUCTOR_WORKER_POLL_INTERVAL": "500",  # read: every type, as the SDK reads it
         "CONDUCTOR_WORKER_RESIZE_REGISTER_TASK_DEF": "true",
         "PATH": "/bin",
     }
     assert unread_worker_variables(env, ["resize", "thumb"]) == [
-        "CONDUCTOR_WORKER_POLL_INTERVAL: ignored; for every worker type use"
-        " CONDUCTOR_WORKER_ALL_POLL_INTERVAL",
         "CONDUCTOR_WORKER_RESIZE_REGISTER_TASK_DEF: ignored: taskfleet registers no task"
         " definitions or schemas",
         "CONDUCTOR_WORKER_RESIZE_THREADS: unknown worker property, ignored; the properties are "
