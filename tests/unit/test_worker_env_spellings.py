@@ -9,9 +9,12 @@ from __future__ import annotations
 import pytest
 
 from taskfleet import ConfigurationError, TaskHandler, worker_task
-from taskfleet._options import WorkerOptions, options_from_env, unread_worker_variables
+from taskfleet._options import OPTIONS, WorkerOptions, options_from_env, unread_worker_variables
 
 CONFIG_ENV: dict[str, str] = {"TASKFLEET_SOURCE": "memory", "TASKFLEET_METRICS_ADDRESS": "off"}
+
+#: The Conductor SDK's property names for taskfleet's ``lease_extend`` and ``poll_interval``.
+SDK_ALIASES = ["lease_extend_enabled", "polling_interval"]
 
 #: Every spelling that sets the thread count of ``resize_image``, the one that wins first.
 ORDER = [
@@ -134,10 +137,8 @@ def test_spellings_nothing_reads_are_warned_about_naming_the_one_to_use():
         " (CONDUCTOR_WORKER_<TYPE>_THREAD_COUNT for resize, thumb)",
         "conductor.worker.resize.poll_interval_millis: ignored: the Conductor SDK does not read"
         " this property; use CONDUCTOR_WORKER_RESIZE_POLL_INTERVAL",
-        "conductor.worker.resize.threads: unknown worker property, ignored; the properties are"
-        " domain, lease_extend, lease_extend_enabled, max_attempts, max_memory_per_child,"
-        " max_tasks_per_child, paused, poll_interval, poll_timeout, polling_interval,"
-        " processes, thread_count, time_limit, worker_id",
+        "conductor.worker.resize.threads: unknown worker property, ignored; the properties are "
+        + ", ".join(sorted([o.env.lower() for o in OPTIONS if o.env] + SDK_ALIASES)),
         f"conductor.worker.thread_count: {use} CONDUCTOR_WORKER_ALL_THREAD_COUNT",
         f"conductor_worker_all_domain: {use} CONDUCTOR_WORKER_ALL_DOMAIN",
     ]
