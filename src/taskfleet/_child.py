@@ -112,6 +112,7 @@ def child_main(recipe: ChildRecipe) -> None:
     # With the supervisor gone nobody else reports for this process: it finishes what it can
     # within the drain timeout and hands back the rest itself (``Runner._drain``).
     runner.orphan_drain = recipe.config.drain_timeout
+    runner.progress_interval = recipe.config.progress_interval
 
     def on_stop(reason: str) -> None:
         if reason == SUPERVISOR_GONE:

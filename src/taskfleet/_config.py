@@ -234,6 +234,13 @@ class Configuration:
         " loading a model, connecting) before it is killed; the heartbeat timeout applies after.",
         _POSITIVE_NUMBER,
     )
+    progress_interval: float = _setting(
+        "TASKFLEET_PROGRESS_INTERVAL",
+        1.0,
+        "Seconds between two progress updates of one running task (`ctx.progress`): the first"
+        " goes at once, then at most one per interval, the latest values (docs/workers.md).",
+        _POSITIVE_NUMBER,
+    )
     restart_backoff_max: float = _setting(
         "TASKFLEET_RESTART_BACKOFF_MAX",
         30.0,

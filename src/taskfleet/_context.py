@@ -74,10 +74,10 @@ class TaskContext:
 
         Returns at once, from any thread (a ``def`` handler's, native code's wrapper between
         calls, ``async def`` code): the update is sent in the background, at most one per task
-        per second, the latest ``output`` winning and log lines accumulating. Conductor gets an
-        ``IN_PROGRESS`` update with the output and logs (which extends the task's lease); NATS
-        an in-progress ack and a progress event ``TaskClient.progress`` sees. See
-        docs/workers.md, "Progress".
+        per ``TASKFLEET_PROGRESS_INTERVAL`` (1 s by default), the latest ``output`` winning and
+        log lines accumulating. Conductor gets an ``IN_PROGRESS`` update with the output and
+        logs (which extends the task's lease); NATS an in-progress ack and a progress event
+        ``TaskClient.progress`` sees. See docs/workers.md, "Progress".
         """
         sink = self.progress_sink
         if sink is not None:

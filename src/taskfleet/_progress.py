@@ -26,7 +26,8 @@ __all__ = ["DEFAULT_INTERVAL", "ProgressSender"]
 
 log = logging.getLogger("taskfleet.progress")
 
-#: Seconds between two progress updates of one task, at most one per interval.
+#: Seconds between two progress updates of one task, at most one per interval: the default of
+#: ``TASKFLEET_PROGRESS_INTERVAL``, which a worker process gives its runner (``_child.py``).
 DEFAULT_INTERVAL = 1.0
 
 

@@ -49,7 +49,7 @@ from ._ledger import Ledger, pack_task, unpack_task
 from ._logs import redact, redact_result
 from ._options import WorkerOptions
 from ._outcome import result_from_exception, to_result
-from ._progress import ProgressSender
+from ._progress import DEFAULT_INTERVAL, ProgressSender
 from ._sources.base import HANDED_BACK, PollRequest, TaskSource
 from ._spool import Spool
 from ._task import Task, TaskResult, TaskStatus
@@ -197,6 +197,8 @@ class Runner:
         self.orphan_drain: float | None = None
         self.abandoned = 0
         self._drain_until: float | None = None  # loop time
+        #: seconds between two progress updates of one task (TASKFLEET_PROGRESS_INTERVAL)
+        self.progress_interval = DEFAULT_INTERVAL
 
     # -- control ------------------------------------------------------------------------------
 
@@ -269,7 +271,7 @@ class Runner:
             SourceError, ConfigurationError: when the source cannot start.
         """
         self._loop = asyncio.get_running_loop()
-        self._progress = ProgressSender(self._loop, self.source)
+        self._progress = ProgressSender(self._loop, self.source, self.progress_interval)
         m = metrics.get()
         m.active_workers.labels(self.task_type).set(1)
         m.taskfleet_worker_slots.labels(self.task_type).set(self.slots)

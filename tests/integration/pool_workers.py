@@ -142,6 +142,19 @@ async def progressing_async(release: str, steps: int = 10000) -> dict:
     return {"released": True, "steps": steps}
 
 
+@worker_task("progressing_for", poll_interval=20)
+def progressing_for(seconds: float) -> dict:
+    """Reports progress in a loop for ``seconds`` (measured here), then returns."""
+    ctx = get_task_context()
+    started = time.monotonic()
+    calls = 0
+    while time.monotonic() - started < seconds:
+        calls += 1
+        ctx.progress(output={"calls": calls})
+        time.sleep(0.002)
+    return {"calls": calls, "elapsed": time.monotonic() - started}
+
+
 @worker_task("steady", threads=4, poll_timeout=200, poll_interval=20)
 def steady(seconds: float = 0.0) -> dict:
     time.sleep(seconds)

@@ -288,6 +288,12 @@ def test_an_invalid_setting_from_the_environment_is_named():
     assert "TASKFLEET_DRAIN_TIMEOUT" in line and "'soon'" in line
 
 
+def test_run_with_a_progress_interval_that_is_not_positive_stops_in_one_line_naming_it():
+    env = {**QUIET_START, "TASKFLEET_PROGRESS_INTERVAL": "0"}
+    line = one_line_error(taskfleet("run", EXAMPLE, env=env), cli.EXIT_USAGE)
+    assert "TASKFLEET_PROGRESS_INTERVAL" in line and "'0'" in line
+
+
 def test_an_invalid_flag_value_names_the_setting_and_the_flag():
     line = one_line_error(taskfleet("run", EXAMPLE, "--nats-url", "localhost:4222"), 2)
     assert "NATS_URL (from --nats-url)" in line

@@ -1,13 +1,14 @@
 """Progress from running handlers through real pools: Conductor IN_PROGRESS updates with partial
 output and logs, NATS progress events a TaskClient reads, coalesced so that a handler calling
-``progress`` in a tight loop sends few updates, the latest value last."""
+``progress`` in a tight loop sends few updates, the latest value last, at most one per
+``TASKFLEET_PROGRESS_INTERVAL``."""
 
 from __future__ import annotations
 
 import pytest
 from helpers import conductor_config, wait_until
 from nats_pool_workers import nats_later, nats_progress
-from pool_workers import progressing, progressing_async
+from pool_workers import progressing, progressing_async, progressing_for
 
 from taskfleet import TaskClient, TaskHandler, TaskStatus
 from taskfleet.testing import ConductorTestServer
@@ -55,6 +56,24 @@ def test_conductor_gets_coalesced_in_progress_updates_with_the_latest_output(
     done = [o.output["done"] for o in sent if "done" in o.output]
     assert done == sorted(done) and done[-1] == STEPS
     assert [o.status for o in job.history][-1] == "COMPLETED"
+
+
+def test_the_progress_interval_setting_reaches_the_worker_processes(server, tmp_path):
+    interval = 0.05
+    server.register_task_def("progressing_for", response_timeout_seconds=300)
+    task_id = server.enqueue("progressing_for", {"seconds": 1.0})
+    config = conductor_config(server, tmp_path / "state", progress_interval=interval)
+    with TaskHandler([progressing_for], config, install_signal_handlers=False) as h:
+        h.start_processes()
+        assert server.wait_for([task_id], timeout=60)
+    job = server.job(task_id)
+    assert job.status == "COMPLETED"
+    sent = len([o for o in job.history if o.status == "IN_PROGRESS"])
+    elapsed = job.output["elapsed"]
+    # At most one update per interval (the first at once) ...
+    assert sent <= 1 + elapsed / interval + 1, (sent, elapsed)
+    # ... and about that often: at the default of 1 s, a second of progress sends at most two.
+    assert sent >= 3, f"{sent} updates in {elapsed:.2f}s at one per {interval}s"
 
 
 def test_nats_progress_events_reach_the_task_client_then_the_result(nats_config, tmp_path):

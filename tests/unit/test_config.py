@@ -46,6 +46,25 @@ def test_bad_settings_fail_naming_the_variable(env, setting):
     assert str(err.value).startswith(setting)
 
 
+def test_the_progress_interval_defaults_to_a_second_and_is_read_from_its_variable():
+    assert Configuration.from_env({}).progress_interval == 1.0
+    config = Configuration.from_env({"TASKFLEET_PROGRESS_INTERVAL": "0.25"})
+    assert config.progress_interval == 0.25
+    assert pickle.loads(pickle.dumps(config)).progress_interval == 0.25  # as it reaches workers
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon", "nan"])
+def test_a_progress_interval_that_is_not_a_positive_number_fails_in_one_line(value):
+    with pytest.raises(ConfigurationError) as err:
+        Configuration.from_env({"TASKFLEET_PROGRESS_INTERVAL": value})
+    message = str(err.value)
+    assert err.value.setting == "TASKFLEET_PROGRESS_INTERVAL"
+    assert message.startswith("TASKFLEET_PROGRESS_INTERVAL") and "\n" not in message
+    assert "a number > 0" in message and repr(value) in message
+    with pytest.raises(ConfigurationError, match="TASKFLEET_PROGRESS_INTERVAL"):
+        Configuration.from_env({}, progress_interval=0)
+
+
 def test_secrets_are_redacted_in_repr_and_describe():
     config = Configuration.from_env(
         {
