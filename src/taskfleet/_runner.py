@@ -70,7 +70,10 @@ POLL_LINGER = 0.002
 #: ``CHEAP_CALL`` seconds runs on the loop (``cheap_on_loop``; see ``_execute``). A call on the
 #: loop that takes longer than ``CHEAP_CALL_MAX`` sends the handler back to the threads, and the
 #: streak it needs to come back grows fourfold each time.
-CHEAP_CALL = 0.0005
+#: CHEAP_CALL is about what the hand-off itself costs (docs/benchmarks.md): a call that short
+#: gains nothing from a thread even when it releases the GIL (a native call, a hash of a large
+#: buffer), so running it on the loop never costs parallelism worth having.
+CHEAP_CALL = 0.00005
 CHEAP_CALL_MAX = 0.002
 CHEAP_STREAK = 256
 #: How often the watch of calls on the loop looks (seconds; see ``_watch_loop_calls``).
@@ -742,12 +745,12 @@ class Runner:
     #
     # Handing a call to a slot thread and back costs a thread wake-up and the GIL crossing
     # twice: ~50 us of CPU per task on the machine of docs/benchmarks.md, more than a short
-    # handler itself. A pure-Python call holds the GIL wherever it runs, so running a call that
-    # is known to be short on the loop loses no parallelism. Known short: its last
-    # ``_cheap_needed`` calls in threads each took under CHEAP_CALL. Calls that wait (I/O,
-    # sleeps) show up as slow and stay in threads; one that turns slow on the loop sends the
-    # handler back to the threads, and meanwhile ``_watch_loop_calls`` sends the heartbeats the
-    # blocked loop cannot.
+    # handler itself. A call no longer than the hand-off (its last ``_cheap_needed`` calls in
+    # threads each took under CHEAP_CALL) runs on the loop: it holds the loop no longer than the
+    # hand-off would have, and even if it releases the GIL, running it in parallel would save
+    # no more than that. Calls that wait (I/O, sleeps) show up as slow and stay in threads; one
+    # that turns slow on the loop sends the handler back to the threads, and meanwhile
+    # ``_watch_loop_calls`` sends the heartbeats the blocked loop cannot.
 
     def _timed_call(self, task: Task, ctx: TaskContext) -> TaskResult:
         """In a slot thread: the ``def`` handler's call, timed for the streak of cheap calls."""

@@ -520,4 +520,7 @@ def native_worker(
                 f"{task_type}: input {name!r} has argument type {argtype!r}, which a native "
                 "worker cannot fill from task input; write a Python handler instead"
             )
+    # A native call releases the GIL: its slot threads run such calls in parallel, which a
+    # call on the event loop would not (docs/workers.md, "Plain def handlers").
+    options.setdefault("cheap_on_loop", False)
     return worker_task(task_type, **options)(NativeHandler(function, typed, output))

@@ -17,7 +17,10 @@ from typing import Any
 import pytest
 
 from taskfleet import InputError, NonRetryableError, Task, TaskError, TaskResult, TaskStatus
+from taskfleet import _runner as runner_module
 from taskfleet._outcome import result_from_exception, to_result
+from taskfleet._runner import Runner, run_inline
+from taskfleet._sources.memory import MemorySource
 from taskfleet._worker import Worker
 from taskfleet.native import (
     NativeCallError,
@@ -270,6 +273,35 @@ def test_a_native_worker_runs_a_task_with_base64_input(checksum_lib):
     result = execute(worker, task)
     assert result.status is TaskStatus.COMPLETED
     assert result.output_data == {"crc": zlib.crc32(data)}
+
+
+def test_a_native_worker_runs_its_calls_in_slot_threads_however_short(checksum_lib, monkeypatch):
+    # A native call releases the GIL so that slot threads run calls in parallel; a short one
+    # must not be moved onto the event loop like a cheap Python handler (docs/workers.md).
+    monkeypatch.setattr(runner_module, "CHEAP_STREAK", 8)
+    monkeypatch.setattr(runner_module, "CHEAP_CALL", 0.05)
+    on_loop: list[str] = []
+    call_on_loop = Runner._call_on_loop
+
+    def spy(self, task, ctx):
+        on_loop.append(task.task_id)
+        return call_on_loop(self, task, ctx)
+
+    monkeypatch.setattr(Runner, "_call_on_loop", spy)
+    crc32 = checksum_lib.function("tf_crc32", ["buffer+len"], "uint32")
+    data = base64.b64encode(b"short").decode()
+
+    def run(worker: Worker) -> None:
+        source = MemorySource()
+        ids = [source.add(worker.task_type, {"data": data}).task_id for _ in range(40)]
+        run_inline(worker, source, max_tasks=40)
+        assert all(source.final(i).status is TaskStatus.COMPLETED for i in ids)
+
+    run(native_worker("crc32", crc32, inputs=["data"], output="crc", threads=2))
+    assert on_loop == []
+    # Asked for explicitly, its calls may run on the loop (and this test can see it).
+    run(native_worker("crc32", crc32, inputs=["data"], output="crc", cheap_on_loop=True))
+    assert on_loop
 
 
 def test_a_native_worker_survives_pickling_and_runs_in_the_copy(checksum_lib):
