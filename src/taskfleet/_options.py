@@ -132,10 +132,10 @@ class WorkerOptions:
         True,
         parsers.BOOLEAN,
         "CHEAP_ON_LOOP",
-        "a ``def`` handler whose calls prove short (each of its last 256 under 50 us) runs on"
-        " the process's event loop, without the hand-off to a slot thread, until a call takes"
-        " over 2 ms; ``false`` keeps every call in a slot thread (the default of"
-        " ``native_worker``; docs/workers.md).",
+        "a ``def`` handler whose calls prove short (50 us on average, none of its last 256 at"
+        " 2 ms or more) runs on the process's event loop, without the hand-off to a slot"
+        " thread, until they no longer are; ``false`` keeps every call in a slot thread (the"
+        " default of ``native_worker``; docs/workers.md).",
     )
 
     def validate(self, task_type: str) -> WorkerOptions:

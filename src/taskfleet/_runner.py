@@ -66,16 +66,19 @@ HAND_BACK_TIMEOUT = 5.0
 #: While other tasks of the process still run, a poll waits up to this many seconds for
 #: three quarters of the slots to be free, so that one fetch brings several tasks.
 POLL_LINGER = 0.002
-#: A ``def`` handler whose last ``CHEAP_STREAK`` calls in slot threads each returned within
-#: ``CHEAP_CALL`` seconds runs on the loop (``cheap_on_loop``; see ``_execute``). A call on the
-#: loop that takes longer than ``CHEAP_CALL_MAX`` sends the handler back to the threads, and the
-#: streak it needs to come back grows fourfold each time.
-#: CHEAP_CALL is about what the hand-off itself costs (docs/benchmarks.md): a call that short
-#: gains nothing from a thread even when it releases the GIL (a native call, a hash of a large
-#: buffer), so running it on the loop never costs parallelism worth having.
+#: A ``def`` handler runs its calls on the loop (``cheap_on_loop``; see ``_execute``) once its
+#: calls take ``CHEAP_CALL`` seconds or less on average (a moving mean over about the last
+#: ``CHEAP_MEAN_OVER`` calls) and none of the last ``CHEAP_STREAK`` took ``CHEAP_CALL_MAX`` or
+#: more. On the loop, a call of ``CHEAP_CALL_MAX`` or more, or a mean past twice ``CHEAP_CALL``,
+#: sends it back to the threads, and the streak it needs to come back grows fourfold each time.
+#: CHEAP_CALL is about what the hand-off itself costs (docs/benchmarks.md): the mean is what a
+#: call on the loop holds the loop for, so on average it holds it no longer than the hand-off
+#: would, and even a call that releases the GIL (a native call, a hash of a large buffer) would
+#: gain no more than that by running in parallel.
 CHEAP_CALL = 0.00005
 CHEAP_CALL_MAX = 0.002
 CHEAP_STREAK = 256
+CHEAP_MEAN_OVER = 32
 #: How often the watch of calls on the loop looks (seconds; see ``_watch_loop_calls``).
 LOOP_CALL_WATCH = 0.5
 #: The ``exception`` (metric label) of a task past its time limit.
@@ -167,15 +170,16 @@ class Runner:
         self._inline = False
         #: def handler on an async source, ``cheap_on_loop``: cheap calls may run on the loop
         self._loop_calls = False
-        #: slot-thread calls in a row that each returned within CHEAP_CALL (written by the slot
-        #: threads; a lost update only delays the switch)
+        #: calls since the last one of CHEAP_CALL_MAX or more, and the moving mean of their
+        #: durations (written by the slot threads too; a lost update only delays a switch)
         self._cheap = 0
+        self._call_mean = CHEAP_CALL_MAX
         #: the streak after which calls run on the loop (grows with each return to the threads)
         self._cheap_needed = CHEAP_STREAK
         #: ``time.monotonic()`` when the call running on the loop began (0.0: none runs)
         self._loop_call_started = 0.0
         self._loop_call_warned = False
-        self._on_loop = False  # the last call ran on the loop (for the log)
+        self._on_loop = False  # calls run on the loop
         self._watch_stop: threading.Event | None = None
         self._running: dict[str, asyncio.Task[None]] = {}
         self._stopping = False
@@ -714,7 +718,9 @@ class Runner:
                 else:
                     result = await coro
             elif self._loop_calls:
-                if self._cheap >= self._cheap_needed:
+                if self._on_loop or (
+                    self._cheap >= self._cheap_needed and self._call_mean <= CHEAP_CALL
+                ):
                     result = self._call_on_loop(task, ctx)
                 else:
                     assert self._threads is not None
@@ -745,21 +751,25 @@ class Runner:
     #
     # Handing a call to a slot thread and back costs a thread wake-up and the GIL crossing
     # twice: ~50 us of CPU per task on the machine of docs/benchmarks.md, more than a short
-    # handler itself. A call no longer than the hand-off (its last ``_cheap_needed`` calls in
-    # threads each took under CHEAP_CALL) runs on the loop: it holds the loop no longer than the
-    # hand-off would have, and even if it releases the GIL, running it in parallel would save
-    # no more than that. Calls that wait (I/O, sleeps) show up as slow and stay in threads; one
-    # that turns slow on the loop sends the handler back to the threads, and meanwhile
-    # ``_watch_loop_calls`` sends the heartbeats the blocked loop cannot.
+    # handler itself. A handler whose calls take no longer than the hand-off on average (see
+    # CHEAP_CALL) runs on the loop: a call there holds the loop about as long as the hand-off
+    # would have, and even one that releases the GIL would gain no more than that by running
+    # in parallel. An average, not every call: a no-op's calls take 10 us, yet one in fifty
+    # takes over 50 us (allocation, caches), and a rule of "every call" would rarely be met.
+    # Calls that wait (I/O, sleeps) raise the mean and stay in threads; a handler that turns
+    # slow on the loop goes back to the threads, and meanwhile ``_watch_loop_calls`` sends the
+    # heartbeats the blocked loop cannot.
+
+    def _timed(self, took: float) -> None:
+        """Count a call of ``took`` seconds into the mean and the streak (any thread)."""
+        self._call_mean += (took - self._call_mean) / CHEAP_MEAN_OVER
+        self._cheap = self._cheap + 1 if took < CHEAP_CALL_MAX else 0
 
     def _timed_call(self, task: Task, ctx: TaskContext) -> TaskResult:
-        """In a slot thread: the ``def`` handler's call, timed for the streak of cheap calls."""
+        """In a slot thread: the ``def`` handler's call, timed (see ``_timed``)."""
         started = time.monotonic()
         result = self._call_sync(task, ctx)
-        if time.monotonic() - started < CHEAP_CALL:
-            self._cheap += 1
-        else:
-            self._cheap = 0
+        self._timed(time.monotonic() - started)
         return result
 
     def _call_on_loop(self, task: Task, ctx: TaskContext) -> TaskResult:
@@ -768,11 +778,9 @@ class Runner:
         if not self._on_loop:
             self._on_loop = True
             log.info(
-                "%s: the handler's last %d calls each took under %g ms: its calls run on the"
-                " event loop",
+                "%s: the handler's calls take %.0f us on average: they run on the event loop",
                 self.task_type,
-                self._cheap_needed,
-                CHEAP_CALL * 1000,
+                self._call_mean * 1e6,
             )
         if self._watch_stop is None:
             self._watch_stop = threading.Event()
@@ -791,17 +799,19 @@ class Runner:
             asyncio._set_running_loop(loop)
             self._loop_call_started = 0.0
         took = time.monotonic() - started
-        if took > CHEAP_CALL_MAX:
-            self._cheap = 0
+        self._timed(took)
+        if took >= CHEAP_CALL_MAX or self._call_mean > 2 * CHEAP_CALL:
             self._on_loop = False
+            self._cheap = 0
             self._cheap_needed *= 4
             level = logging.WARNING if took > HEARTBEAT_INTERVAL else logging.INFO
             log.log(
                 level,
-                "%s: a call of the handler took %.1f ms on the event loop; its calls run in slot"
-                " threads again (back on the loop after %d short calls in a row)",
+                "%s: a call of the handler took %.1f ms on the event loop (%.0f us on average);"
+                " its calls run in slot threads again (back on the loop after %d calls)",
                 self.task_type,
                 took * 1000,
+                self._call_mean * 1e6,
                 self._cheap_needed,
             )
             self._loop_call_warned = False

@@ -279,6 +279,7 @@ def test_a_native_worker_runs_its_calls_in_slot_threads_however_short(checksum_l
     # A native call releases the GIL so that slot threads run calls in parallel; a short one
     # must not be moved onto the event loop like a cheap Python handler (docs/workers.md).
     monkeypatch.setattr(runner_module, "CHEAP_STREAK", 8)
+    monkeypatch.setattr(runner_module, "CHEAP_MEAN_OVER", 4)
     monkeypatch.setattr(runner_module, "CHEAP_CALL", 0.05)
     on_loop: list[str] = []
     call_on_loop = Runner._call_on_loop

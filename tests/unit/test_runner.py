@@ -325,18 +325,20 @@ def test_every_task_is_in_the_ledger_when_it_starts_even_when_too_big_or_beyond_
 
 @pytest.fixture
 def cheap_on_loop_quickly(monkeypatch):
-    """Promotion after 8 calls; "cheap" and "too slow on the loop" generous enough that a loaded
-    machine cannot make a fast call look slow (the constants' meaning is what is tested)."""
+    """Promotion after 8 calls (a mean over about 4); "cheap" and "too slow on the loop"
+    generous enough that a loaded machine cannot make a fast call look slow (the constants'
+    meaning is what is tested)."""
     monkeypatch.setattr(runner_module, "CHEAP_STREAK", 8)
+    monkeypatch.setattr(runner_module, "CHEAP_MEAN_OVER", 4)
     monkeypatch.setattr(runner_module, "CHEAP_CALL", 0.05)
     monkeypatch.setattr(runner_module, "CHEAP_CALL_MAX", 0.1)
 
 
-def thread_recorder(task_type: str, **options):
+def thread_recorder(task_type: str, threads: int = 2, **options):
     """A def handler that records the thread each task ran on; ``sleep`` makes a call slow."""
     ran_on: dict[int, str] = {}
 
-    @worker_task(task_type, threads=2, **options)
+    @worker_task(task_type, threads=threads, **options)
     def handler(i: int, sleep: float = 0.0) -> dict:
         time.sleep(sleep)
         ran_on[i] = threading.current_thread().name
@@ -359,6 +361,40 @@ def test_a_def_handler_proven_cheap_runs_on_the_loop_until_a_call_is_slow(cheap_
     assert all(ran_on[i] == loop_thread for i in range(20, 41))
     # The slow call sends it back to the threads for 4 x 8 calls: more than are left.
     assert all(ran_on[i] != loop_thread for i in range(41, 60))
+
+
+def test_calls_cheap_on_average_run_on_the_loop_despite_an_occasional_slower_one(
+    cheap_on_loop_quickly,
+):
+    # One call in five takes longer than CHEAP_CALL (as allocation or a cache miss makes some
+    # calls of any handler); the mean stays well under it, so the handler still moves.
+    handler, ran_on = thread_recorder("mostly", threads=1)  # calls strictly one after another
+    source = MemorySource()
+    ids = [
+        source.add("mostly", {"i": i, "sleep": 0.06 if i % 5 == 4 else 0.0}).task_id
+        for i in range(60)
+    ]
+    run_inline(handler, source, max_tasks=60)
+    assert all(source.final(i).status is TaskStatus.COMPLETED for i in ids)
+    loop_thread = threading.current_thread().name
+    assert any(ran_on[i] == loop_thread for i in range(60))
+
+
+def test_a_handler_that_turns_slower_on_average_goes_back_to_its_threads(
+    cheap_on_loop_quickly, monkeypatch
+):
+    # No single call reaches CHEAP_CALL_MAX (0.1 s), but every call takes 0.08 s: the mean
+    # passes twice CHEAP_CALL within a few calls, and the handler leaves the loop.
+    monkeypatch.setattr(runner_module, "CHEAP_CALL", 0.02)
+    handler, ran_on = thread_recorder("slower")
+    source = MemorySource()
+    ids = [source.add("slower", {"i": i}).task_id for i in range(30)]
+    ids += [source.add("slower", {"i": i, "sleep": 0.08}).task_id for i in range(30, 45)]
+    run_inline(handler, source, max_tasks=45)
+    assert all(source.final(i).status is TaskStatus.COMPLETED for i in ids)
+    loop_thread = threading.current_thread().name
+    assert ran_on[30] == loop_thread  # the first slower call still ran on the loop
+    assert all(ran_on[i] != loop_thread for i in range(38, 45))
 
 
 def test_cheap_on_loop_false_keeps_every_call_in_a_slot_thread(cheap_on_loop_quickly):
