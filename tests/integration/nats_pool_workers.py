@@ -89,3 +89,17 @@ def nats_turns_slow(i: int, sleep: float = 0.0) -> dict:
     if sleep:  # time.sleep(0) would wait for the GIL, and cheap calls must stay cheap
         time.sleep(sleep)
     return {"i": i, "thread": threading.current_thread().name, "pid": os.getpid()}
+
+
+@worker_task("nats_manual", threads=2, poll_interval=20)
+def nats_manual(i: int, record: str) -> dict:
+    """Appends ``"<i> <pid>"`` to the file ``record`` as it begins, in one ``O_APPEND`` write
+    (lines from concurrent processes do not interleave), so a test counts how often each task
+    began, a run cut short included."""
+    fd = os.open(record, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, f"{i} {os.getpid()}\n".encode())
+    finally:
+        os.close(fd)
+    time.sleep(0.02)
+    return {"i": i, "pid": os.getpid()}

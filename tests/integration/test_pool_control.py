@@ -1,5 +1,6 @@
-"""Pausing, resuming and scaling a running pool, with real processes on the Conductor test server:
-from Python, over HTTP and with the ``taskfleet`` command (docs/workers.md, Runtime control)."""
+"""Pausing, resuming and scaling a running pool, with real processes on the Conductor test server
+and a real nats-server: from Python, over HTTP and with the ``taskfleet`` command (docs/workers.md,
+Runtime control)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,17 @@ import json
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import conductor_config, http_get, metric_total, wait_until
-from nats_pool_workers import nats_square
+from helpers import conductor_config, http_get, metric_total, run, wait_until
+from nats_pool_workers import nats_manual, nats_square
 from pool_workers import manual, scaled, steady
 from test_cli import one_line_error, taskfleet
+from test_nats_source import Probe
 from test_pool_scaling import FAST_SCALING, Watch, pids_alive
 
 from taskfleet import TaskClient, TaskHandler
@@ -113,6 +116,61 @@ def test_scale_one_three_one_over_2000_tasks_completes_each_once_and_leaves_no_p
     assert all(j.status == "COMPLETED" for j in jobs)
     assert all(len(j.history) == 1 for j in jobs), "a task ran twice"
     assert len({j.output["pid"] for j in jobs}) >= 3
+
+
+def test_nats_scale_one_three_one_over_2000_tasks_runs_each_once_and_leaves_no_process(
+    nats_config, tmp_path
+):
+    """Exactly once, not merely at least once: nothing here loses an ack. No process crashes,
+    the server stays up, no task is held near the ack wait (30 s), and the processes removed by
+    the scale-down drain as on SIGTERM: they finish what they began, hand back (nak, never run)
+    what they fetched but had not begun, and close their connection only after their acks are
+    flushed. A second result or a second start of any task is a bug."""
+    record = tmp_path / "began"  # one line per start of a task, written by the handler
+    record.touch()
+    began = lambda: record.read_text().count("\n")  # noqa: E731
+    config = nats_config.replace(metrics_address="127.0.0.1:0")
+    with (
+        TaskClient(config) as client,
+        TaskHandler([nats_manual], config, install_signal_handlers=False) as h,
+    ):
+        h.start_processes()
+        watch = Watch(h)
+        wait_until(lambda: watch.settled_at(1), timeout=60, what="one process")
+        inputs = [{"i": i, "record": str(record)} for i in range(2000)]
+        ids = client.submit_many("nats_manual", inputs)
+        wait_until(lambda: began() >= 200, timeout=60, what="200 tasks begun by one process")
+        assert watch.serving() == 1
+        assert h.scale("nats_manual", processes=3)["processes"] == 3
+        wait_until(
+            lambda: watch.serving() == 3 and watch.settled_at(3), timeout=60, what="three running"
+        )
+        wait_until(lambda: began() >= 1200, timeout=90, what="1200 tasks begun")
+        assert h.scale("nats_manual", processes=1)["processes"] == 1
+        # Tasks still flow when the scale-down comes: the two processes go while busy.
+        assert client.depth("nats_manual") > 0
+        outcomes = [client.result(i, timeout=120) for i in ids]
+        wait_until(lambda: watch.settled_at(1), timeout=60, what="back to one process")
+        survivor = {w["pid"] for w in h.workers_status()}
+        wait_until(lambda: pids_alive(watch.pids - survivor) == set(), timeout=15)
+        depth = client.depth("nats_manual")
+    assert pids_alive(watch.pids) == set()
+    assert watch.most == 3
+    assert [o.status.value for o in outcomes] == ["COMPLETED"] * 2000
+    assert [o.output["i"] for o in outcomes] == list(range(2000))
+    assert len({o.output["pid"] for o in outcomes}) >= 3
+    assert depth == 0
+
+    async def on_the_subject() -> Counter[str]:
+        async with Probe(config) as probe:
+            return Counter(r.task_id for r in await probe.results("nats_manual"))
+
+    results = run(on_the_subject())
+    assert set(results) == set(ids)
+    assert [i for i, n in results.items() if n != 1] == [], "more than one result for a task"
+    starts = Counter(int(line.split()[0]) for line in record.read_text().splitlines())
+    assert set(starts) == set(range(2000))
+    assert [i for i, n in starts.items() if n != 1] == [], "a task began twice"
 
 
 def test_autoscaling_waits_while_paused_and_keeps_to_a_fixed_count_set_by_hand(server, tmp_path):

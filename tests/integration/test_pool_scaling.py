@@ -16,6 +16,7 @@ from pool_workers import held_back, scaled, square
 
 from taskfleet import Configuration, TaskClient, TaskHandler
 from taskfleet.testing import ConductorTestServer
+from taskfleet.testing.nats import embedded_nats
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -95,6 +96,45 @@ def test_nats_backlog_is_pending_plus_ack_pending(nats_config, tmp_path):
         wait_until(lambda: depth_samples(base) == {"nats_held_back": 5.0}, what="depth 5")
         shown = queues(base)["nats_held_back"]
         assert (shown["waiting"], shown["held"]) == (5, 0)
+
+
+def test_nats_backlog_is_absent_while_the_server_is_down_and_back_after_it_restarts(tmp_path):
+    # A server of its own: the session's is shared by the other tests.
+    with embedded_nats(tmp_path / "nats") as server:
+        config = Configuration.from_env(
+            {},
+            nats_url=server.url,
+            nats_connect_timeout=5.0,
+            state_dir=str(tmp_path / "state"),
+            metrics_address="127.0.0.1:0",
+            queue_depth_interval=0.2,
+        )
+        with (
+            TaskClient(config) as client,
+            TaskHandler([nats_held_back], config, install_signal_handlers=False) as h,
+        ):
+            h.start_processes()
+            base = h.metrics_url
+            assert base is not None
+            client.submit_many("nats_held_back", [{}] * 5)
+            wait_until(lambda: depth_samples(base) == {"nats_held_back": 5.0}, what="depth 5")
+            port, store = server.port, server.store_dir
+
+            server.stop()
+            # Unknown, not zero: no sample at all while JetStream cannot answer (an answer
+            # times out after 5 s), and none on any later scrape of the outage.
+            wait_until(lambda: depth_samples(base) == {}, timeout=30, what="depth gone")
+            assert "depth" not in queues(base)["nats_held_back"]
+            for _ in range(5):
+                time.sleep(0.2)  # an interval: a new question is asked and fails
+                assert depth_samples(base) == {}
+
+            server.start()  # the same port and store: the tasks are still there
+            assert (server.port, server.store_dir) == (port, store)
+            wait_until(
+                lambda: depth_samples(base) == {"nats_held_back": 5.0}, timeout=60, what="back"
+            )
+            assert queues(base)["nats_held_back"]["depth"] == 5
 
 
 def pids_alive(pids: set[int]) -> set[int]:
