@@ -133,7 +133,7 @@ class WorkerOptions:
         parsers.BOOLEAN,
         "CHEAP_ON_LOOP",
         "a ``def`` handler whose calls prove short (50 us on average, none of its last 256 at"
-        " 2 ms or more) runs on the process's event loop, without the hand-off to a slot"
+        " 20 ms or more) runs on the process's event loop, without the hand-off to a slot"
         " thread, until they no longer are; ``false`` keeps every call in a slot thread (the"
         " default of ``native_worker``; docs/workers.md).",
     )

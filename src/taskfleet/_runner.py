@@ -70,14 +70,18 @@ POLL_LINGER = 0.002
 #: calls take ``CHEAP_CALL`` seconds or less on average (a moving mean over about the last
 #: ``CHEAP_MEAN_OVER`` calls) and none of the last ``CHEAP_STREAK`` took ``CHEAP_CALL_MAX`` or
 #: more. On the loop, a call of ``CHEAP_CALL_MAX`` or more, or a mean past twice ``CHEAP_CALL``,
-#: sends it back to the threads, and the streak it needs to come back grows fourfold each time.
+#: sends it back to the threads, and the streak it needs to come back grows fourfold each time
+#: (up to ``CHEAP_STREAK_MOST``). CHEAP_CALL_MAX is well above the pauses any call may see from
+#: the machine (the loop's thread descheduled for a few milliseconds on a busy host) and well
+#: below a blocking wait worth moving off the loop.
 #: CHEAP_CALL is about what the hand-off itself costs (docs/benchmarks.md): the mean is what a
 #: call on the loop holds the loop for, so on average it holds it no longer than the hand-off
 #: would, and even a call that releases the GIL (a native call, a hash of a large buffer) would
 #: gain no more than that by running in parallel.
 CHEAP_CALL = 0.00005
-CHEAP_CALL_MAX = 0.002
+CHEAP_CALL_MAX = 0.02
 CHEAP_STREAK = 256
+CHEAP_STREAK_MOST = 65536
 CHEAP_MEAN_OVER = 32
 #: How often the watch of calls on the loop looks (seconds; see ``_watch_loop_calls``).
 LOOP_CALL_WATCH = 0.5
@@ -803,7 +807,7 @@ class Runner:
         if took >= CHEAP_CALL_MAX or self._call_mean > 2 * CHEAP_CALL:
             self._on_loop = False
             self._cheap = 0
-            self._cheap_needed *= 4
+            self._cheap_needed = min(self._cheap_needed * 4, CHEAP_STREAK_MOST)
             level = logging.WARNING if took > HEARTBEAT_INTERVAL else logging.INFO
             log.log(
                 level,
