@@ -96,10 +96,26 @@ def nats_manual(i: int, record: str) -> dict:
     """Appends ``"<i> <pid>"`` to the file ``record`` as it begins, in one ``O_APPEND`` write
     (lines from concurrent processes do not interleave), so a test counts how often each task
     began, a run cut short included."""
+    _began(i, record)
+    time.sleep(0.02)
+    return {"i": i, "pid": os.getpid()}
+
+
+@worker_task("nats_held", threads=2, processes=2, poll_interval=20)
+def nats_held(i: int, record: str, seconds: float = 0.0, release: str = "") -> dict:
+    """Records its start as ``nats_manual`` does, sleeps ``seconds``, then, with ``release``,
+    waits (at most 300 s) for that file to exist: a task that runs as long as a test wants."""
+    _began(i, record)
+    time.sleep(seconds)
+    deadline = time.monotonic() + 300
+    while release and not os.path.exists(release) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return {"i": i, "pid": os.getpid()}
+
+
+def _began(i: int, record: str) -> None:
     fd = os.open(record, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
         os.write(fd, f"{i} {os.getpid()}\n".encode())
     finally:
         os.close(fd)
-    time.sleep(0.02)
-    return {"i": i, "pid": os.getpid()}
