@@ -15,7 +15,9 @@ channel's heartbeats):
   is handed back (re-queued at once without using up a retry); a second signal stops at once.
 
 Each process runs in a slot (``_slots.py``: its states, its current process's record and the
-restart policy); a process's body is ``_child.py``.
+restart policy); a process's body is ``_child.py``. What is due when (time limits, lease
+extensions, silent processes, the end of a drain) is decided in ``_deadlines.py``; the monitor
+applies it.
 
 The supervisor's threads: the caller's (start/join/stop), the monitor (reads every child's pipe and
 sentinel, acts on deadlines), the source agent (its own event loop), and the HTTP endpoint.
@@ -45,11 +47,12 @@ from ._backoff import restart_delay
 from ._child import ChildRecipe, child_main
 from ._config import Configuration, MetricsSettings
 from ._control import HEARTBEAT, HELLO, LEAVING, PAUSE, RESUME, STOP, watch_process
+from ._deadlines import HandBack, check_run, drain_over, lease_every, retire_over, task_deadline
 from ._errors import ConfigurationError
 from ._hookrun import HookRunner
 from ._ledger import Ledger, ledger_dir, unpack_task
 from ._operate import Requests, process_range
-from ._options import WorkerOptions, options_from_env, unread_worker_variables
+from ._options import options_from_env, unread_worker_variables
 from ._runner import time_limit_result
 from ._scaling import Autoscaler, QueueDepths
 from ._scratch import ScratchDir
@@ -678,11 +681,10 @@ class TaskHandler:
     def _track(self, child: Slot, task: Task, started: float) -> None:
         """Hold ``task`` as in flight in ``child`` since ``started`` (monotonic); under the lock."""
         opts = child.options
-        # An async handler's own (soft) limit fires first and fails just that task; the hard
-        # kill is the backstop for a handler that blocks the event loop.
-        grace = self.config.kill_grace + 1.0 if child.worker.is_async else 0.0
-        deadline = started + opts.time_limit + grace if opts.time_limit else None
-        every = self._lease_interval(opts, task)
+        deadline = task_deadline(
+            started, opts.time_limit, child.worker.is_async, self.config.kill_grace
+        )
+        every = lease_every(opts.lease_extend, lambda: self._source_lease_interval(task))
         child.run.in_flight[task.task_id] = InFlight(
             task, started, deadline, every, started + every if every else None
         )
@@ -732,11 +734,7 @@ class TaskHandler:
             child.run.ledger = None
         child.run.ledger_view = {}
 
-    def _lease_interval(self, opts: WorkerOptions, task: Task) -> float | None:
-        if opts.lease_extend is False:
-            return None
-        if not isinstance(opts.lease_extend, bool):
-            return float(opts.lease_extend)
+    def _source_lease_interval(self, task: Task) -> float | None:
         assert self._agent is not None
         return self._agent.source.lease_interval(task)
 
@@ -837,39 +835,41 @@ class TaskHandler:
     # -- deadlines: time limits, wedged processes, kills, leases ------------------------------
 
     def _check_deadlines(self, now: float) -> None:
+        """Apply what ``_deadlines.check_run`` decides for each running process."""
         extend: list[Task] = []
         with self._lock:
             for child in self._children:
                 if child.run.process is None or child.state in (State.STOPPED, State.WAITING):
                     continue
-                if child.run.sigkill_at is not None and now >= child.run.sigkill_at:
+                check = check_run(
+                    child.run,
+                    starting=child.state is State.STARTING,
+                    time_limit=child.options.time_limit,
+                    kill_grace=self.config.kill_grace,
+                    startup_timeout=self.config.startup_timeout,
+                    heartbeat_timeout=self.config.heartbeat_timeout,
+                    now=now,
+                )
+                if check.sigkill:
                     self._signal(child, signal.SIGKILL)
                     child.run.sigkill_at = None
-                for entry in child.run.in_flight.values():
-                    if (
-                        entry.deadline is not None
-                        and now >= entry.deadline
-                        and entry.task.task_id not in child.run.timed_out
-                    ):
-                        self._time_limit_passed(child, entry, now)
-                    if (
-                        entry.next_lease is not None
-                        and entry.lease_every
-                        and now >= entry.next_lease
-                    ):
-                        entry.next_lease = now + entry.lease_every
-                        if entry.task.task_id not in child.run.timed_out:
-                            extend.append(entry.task)
-                # Start-up (import, model loading, connecting) has its own, longer limit, until
-                # the first word from the process.
-                starting = child.state is State.STARTING
-                limit = self.config.startup_timeout if starting else self.config.heartbeat_timeout
-                if not child.run.kill_reason and now - child.run.last_heartbeat > limit:
-                    child.run.kill_reason = (
-                        f"not started within {limit:g}s (TASKFLEET_STARTUP_TIMEOUT)"
-                        if starting
-                        else f"wedged: no heartbeat for {now - child.run.last_heartbeat:.0f}s"
-                    )
+                for n, entry in enumerate(check.timed_out):
+                    self._time_limit_passed(child, entry)
+                    if n == 0 and check.time_limit_kill:  # killed for the first one reported
+                        child.run.kill_reason = check.time_limit_kill
+                        log.error(
+                            "%s (pid %d): %s; killing it",
+                            child.name,
+                            child.run.pid,
+                            child.run.kill_reason,
+                        )
+                        self._signal(child, signal.SIGTERM)
+                        child.run.sigkill_at = check.sigkill_at
+                for due in check.leases:
+                    due.entry.next_lease = due.next_lease
+                extend += check.extend
+                if check.unresponsive_kill:
+                    child.run.kill_reason = check.unresponsive_kill
                     log.error(
                         "%s (pid %d) is %s; killing it",
                         child.name,
@@ -880,7 +880,8 @@ class TaskHandler:
         if extend and self._agent is not None:
             self._agent.extend(extend)
 
-    def _time_limit_passed(self, child: Slot, entry: InFlight, now: float) -> None:
+    def _time_limit_passed(self, child: Slot, entry: InFlight) -> None:
+        """Report ``entry``'s task as past its time limit (its process is killed for it)."""
         limit = child.options.time_limit
         assert limit is not None  # called only for a task whose worker has a time limit
         task = entry.task
@@ -889,13 +890,6 @@ class TaskHandler:
         assert self._agent is not None
         self._agent.report(task, result)
         metrics.get().taskfleet_time_limit_kills.labels(child.task_type).inc()
-        if not child.run.kill_reason:
-            child.run.kill_reason = f"time limit: task {task.task_id} ran past {limit:g}s"
-            log.error(
-                "%s (pid %d): %s; killing it", child.name, child.run.pid, child.run.kill_reason
-            )
-            self._signal(child, signal.SIGTERM)
-            child.run.sigkill_at = now + self.config.kill_grace
 
     def _signal(self, child: Slot, sig: signal.Signals) -> None:
         run = child.run
@@ -1034,10 +1028,9 @@ class TaskHandler:
     def _retire_due(self, now: float) -> None:
         """Removed processes still running past their drain: hand back their tasks, kill."""
         for child in list(self._children):
-            if child.retire_by is not None and now >= child.retire_by and not child.run.kill_reason:
-                self._hand_back(
-                    child, "drain timeout passed", "not finished within the drain timeout"
-                )
+            over = retire_over(child.retire_by, child.run.kill_reason, now)
+            if over is not None:
+                self._hand_back(child, over)
 
     # -- drain --------------------------------------------------------------------------------
 
@@ -1049,22 +1042,16 @@ class TaskHandler:
             elif child.state in (State.STARTING, State.RUNNING):
                 child.state = State.STOPPING
                 self._send(child, (STOP,))
-        deadline = self._drain_deadline or now
-        if self._stop_now or now >= deadline:
+        over = drain_over(self._stop_now, self._drain_deadline, now)
+        if over is not None:
             for child in self._children:
                 if child.state is State.STOPPING and not child.run.kill_reason:
-                    if self._stop_now:
-                        self._hand_back(child, "stopped at once", "the pool was stopped")
-                    else:
-                        self._hand_back(
-                            child,
-                            "drain timeout passed",
-                            "not finished within the drain timeout",
-                        )
+                    self._hand_back(child, over)
         return all(c.state is State.STOPPED or c.run.process is None for c in self._children)
 
-    def _hand_back(self, child: Slot, kill_reason: str, why: str) -> None:
+    def _hand_back(self, child: Slot, over: HandBack) -> None:
         """End a drain of ``child``: report what it holds for a retry now, kill it."""
+        kill_reason, why = over
         child.run.kill_reason = kill_reason
         with self._lock:
             held = list(child.run.in_flight)
