@@ -31,6 +31,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from . import _json, _tracing
+from ._backoff import Backoff
 from ._config import Configuration, redact_url
 from ._errors import ConfigurationError, DecodeError, SourceError, TaskfleetError
 from ._loop import BackgroundLoop, CallTimedOut
@@ -517,12 +518,39 @@ class TaskClient:
             raise SourceError(f"the NATS call did not finish within {timeout:g} s") from None
 
     async def _publish(self, subject: str, payload: bytes, task_id: str) -> None:
-        try:
-            await self._js.publish(
-                subject, payload, timeout=PUBLISH_TIMEOUT, headers={"Nats-Msg-Id": task_id}
-            )
-        except Exception as exc:
-            raise SourceError(f"submitting task {task_id} to {subject} failed: {exc}") from None
+        """Publish one task and wait for the stream's PubAck, within PUBLISH_TIMEOUT.
+
+        A replicated stream has no leader for a moment after it is created or when the node
+        that led it is lost: the server then answers "no responders" (or 503). That is waited
+        out, with backoff, within the same time; sending the same message again is safe, since
+        ``Nats-Msg-Id`` de-duplicates it (docs/nats.md).
+        """
+        deadline = time.monotonic() + PUBLISH_TIMEOUT
+        pauses = Backoff(0.05, 1.0, jitter=0.2)
+        while True:
+            try:
+                await self._js.publish(
+                    subject,
+                    payload,
+                    timeout=max(0.1, deadline - time.monotonic()),
+                    headers={"Nats-Msg-Id": task_id},
+                )
+                return
+            except Exception as exc:
+                from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
+
+                if not isinstance(exc, (NoStreamResponseError, ServiceUnavailableError)):
+                    raise SourceError(
+                        f"submitting task {task_id} to {subject} failed: {exc}"
+                    ) from None
+                pause = pauses.next()
+                if time.monotonic() + pause >= deadline:
+                    raise SourceError(
+                        f"submitting task {task_id} to {subject} failed: {exc} (for"
+                        f" {pauses.elapsed:.1f} s: the stream has no leader, or none takes"
+                        " this subject)"
+                    ) from None
+                await asyncio.sleep(pause)
 
     def _expire(self) -> None:
         """Drop outcomes past the size and age bounds (oldest first)."""

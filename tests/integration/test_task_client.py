@@ -118,3 +118,42 @@ def test_a_closed_client_refuses_calls(nats_config):
     client.close()
     with pytest.raises(Exception, match="closed"):
         client.submit("x", {})
+
+
+def test_submit_rides_out_a_moment_without_a_stream_leader(nats_config):
+    # A replicated stream has no leader for a moment after it is created or when its leader's
+    # node is lost: publishes get "no responders" then. Here the tasks stream is gone for a
+    # moment (the same answer) and comes back while the submit waits.
+    import asyncio
+
+    import nats
+
+    from taskfleet._nats.connect import ensure_streams
+    from taskfleet._nats.wire import Subjects
+
+    config = nats_config.replace(nats_prefix="leaderless")
+    stream = Subjects(config.nats_prefix).tasks_stream
+
+    async def on_the_server(action) -> None:
+        nc = await nats.connect(config.nats_url)
+        try:
+            await action(nc.jetstream())
+        finally:
+            await nc.close()
+
+    with TaskClient(config) as client:
+        client.submit("pending", {"n": 1})  # the client has made its streams
+        run(on_the_server(lambda js: js.delete_stream(stream)))
+        restore = threading.Timer(
+            0.8, lambda: asyncio.run(on_the_server(lambda js: ensure_streams(js, config)))
+        )
+        restore.start()
+        try:
+            started = time.monotonic()
+            task_id = client.submit("pending", {"n": 2})
+            waited = time.monotonic() - started
+        finally:
+            restore.join()
+        assert waited >= 0.5  # it did wait for the stream to come back
+        assert client.depth("pending") == 1  # stored once: the stream was empty again
+        assert task_id
