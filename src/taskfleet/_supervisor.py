@@ -43,8 +43,7 @@ from typing import Any
 from . import _metrics as metrics
 from . import _tracing
 from ._agent import SourceAgent
-from ._backoff import restart_delay
-from ._child import ChildRecipe, child_main
+from ._child import EXIT_START_FAILED, ChildRecipe, child_main
 from ._config import Configuration, MetricsSettings
 from ._control import HEARTBEAT, HELLO, LEAVING, PAUSE, RESUME, STOP, watch_process
 from ._deadlines import HandBack, check_run, drain_over, lease_every, retire_over, task_deadline
@@ -824,10 +823,8 @@ class TaskHandler:
         try:
             self._spawn(child, now)
         except Exception as exc:
-            child.crashes_in_a_row += 1
-            delay = restart_delay(child.crashes_in_a_row, self.config.restart_backoff_max)
-            child.restarts += 1
-            child.restart_at = now + delay
+            # The slot's restart policy, as for a process that exited before it got going.
+            delay = child.plan_restart(EXIT_START_FAILED, now, self.config.restart_backoff_max)
             child.last_exit = f"could not start a worker process: {type(exc).__name__}: {exc}"
             metrics.get().worker_restart.labels(child.task_type, "start_failed").inc()
             log.warning("%s: %s; trying again in %.2fs", child.name, child.last_exit, delay)
