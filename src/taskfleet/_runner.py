@@ -182,7 +182,6 @@ class Runner:
         self._cheap_needed = CHEAP_STREAK
         #: ``time.monotonic()`` when the call running on the loop began (0.0: none runs)
         self._loop_call_started = 0.0
-        self._loop_call_warned = False
         self._on_loop = False  # calls run on the loop
         self._watch_stop: threading.Event | None = None
         self._running: dict[str, asyncio.Task[None]] = {}
@@ -269,9 +268,9 @@ class Runner:
             self._hooks.poll_event(name, *args)
 
     async def _task_hook(self, name: str, task: Task, *args: Any) -> None:
-        """A task's hook, off the loop with the task's context; only this task waits for it."""
-        if self.hooks:
-            await self._hooks.task_event(name, task, *args)
+        """A task's hook, off the loop with the task's context; only this task waits for it.
+        Callers test ``self.hooks`` first: without hooks, no coroutine per task and hook point."""
+        await self._hooks.task_event(name, task, *args)
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -721,19 +720,16 @@ class Runner:
                         result = time_limit_result(task, self.options.time_limit, self.worker_id)
                 else:
                     result = await coro
-            elif self._loop_calls:
-                if self._on_loop or (
-                    self._cheap >= self._cheap_needed and self._call_mean <= CHEAP_CALL
-                ):
-                    result = self._call_on_loop(task, ctx)
-                else:
-                    assert self._threads is not None
-                    call = contextvars.copy_context().run
-                    result = await self._threads.run(call, self._timed_call, task, ctx)
+            elif self._loop_calls and (
+                self._on_loop
+                or (self._cheap >= self._cheap_needed and self._call_mean <= CHEAP_CALL)
+            ):
+                result = self._call_on_loop(task, ctx)
             else:
                 assert self._threads is not None
                 call = contextvars.copy_context().run
-                result = await self._threads.run(call, self._call_sync, task, ctx)
+                fn = self._timed_call if self._loop_calls else self._call_sync
+                result = await self._threads.run(call, fn, task, ctx)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
@@ -786,15 +782,15 @@ class Runner:
                 self.task_type,
                 self._call_mean * 1e6,
             )
-        if self._watch_stop is None:
-            self._watch_stop = threading.Event()
-            threading.Thread(
-                target=self._watch_loop_calls,
-                args=(self._watch_stop,),
-                name=f"tf-{self.task_type}-watch",
-                daemon=True,
-            ).start()
-        loop = asyncio.get_running_loop()
+            if self._watch_stop is None:
+                self._watch_stop = threading.Event()
+                threading.Thread(
+                    target=self._watch_loop_calls,
+                    args=(self._watch_stop,),
+                    name=f"tf-{self.task_type}-watch",
+                    daemon=True,
+                ).start()
+        loop = self._loop
         started = self._loop_call_started = time.monotonic()
         asyncio._set_running_loop(None)
         try:
@@ -818,12 +814,12 @@ class Runner:
                 self._call_mean * 1e6,
                 self._cheap_needed,
             )
-            self._loop_call_warned = False
         return result
 
     def _watch_loop_calls(self, stop: threading.Event) -> None:
         """A thread: while a call on the loop blocks it, send the heartbeats the loop cannot (the
         call is a task the supervisor knows, with its time limit, as if it ran in a thread)."""
+        warned = 0.0  # the start of the call last warned about
         while not stop.wait(LOOP_CALL_WATCH):
             started = self._loop_call_started
             if not started:
@@ -831,8 +827,8 @@ class Runner:
             blocked = time.monotonic() - started
             if blocked < HEARTBEAT_INTERVAL:
                 continue
-            if not self._loop_call_warned:
-                self._loop_call_warned = True
+            if warned != started:
+                warned = started
                 log.warning(
                     "%s: a call of the handler has blocked the event loop for %.1f s (other"
                     " tasks of this process wait); its calls go back to slot threads when it"
