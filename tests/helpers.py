@@ -138,8 +138,20 @@ def pool_process(
     script.write_text(
         _POOL_SCRIPT.format(workers_dir=workers_dir, worker=worker, config=config, module=module)
     )
+    with running_script(script, session=session) as proc:
+        yield proc
+
+
+@contextmanager
+def running_script(
+    script: Path, *, env: dict[str, str] | None = None, session: bool = False
+) -> Iterator[subprocess.Popen[str]]:
+    """``python script`` with its output piped (``env``: its whole environment; None: this
+    one's); with ``session``, in a session (and process group) of its own. Killed on the way out
+    if it is still running (with ``session``, every process of the session)."""
     proc = subprocess.Popen(
         [sys.executable, str(script)],
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

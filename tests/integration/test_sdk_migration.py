@@ -7,13 +7,12 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs
 
 import pytest
-from helpers import metric_total, wait_until
+from helpers import metric_total, running_script, wait_until
 from sdk_readme_workers import SimplePythonWorker
 
 from taskfleet import AuthenticationSettings, Configuration, MetricsSettings, TaskHandler
@@ -64,19 +63,8 @@ def sdk_script(
     }
     if "PYTHONPATH" in os.environ:  # the taskfleet under test
         env["PYTHONPATH"] = os.environ["PYTHONPATH"]
-    proc = subprocess.Popen(
-        [sys.executable, str(script)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    with running_script(script, env=env) as proc:
         yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
 
 
 def test_the_sdk_readme_workers_run_unchanged_apart_from_imports(tmp_path):

@@ -4,13 +4,17 @@
 from __future__ import annotations
 
 import asyncio
-import time
+import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-from taskfleet import Task, TaskLog, TaskStatus, get_task_context, worker_task
+from taskfleet import Task, TaskLog, TaskStatus
 from taskfleet._runner import Runner
 from taskfleet._sources.memory import MemorySource
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+from pool_workers import progressing_for
 
 #: Seconds the handler keeps reporting progress: a bounded loop, measured by the handler.
 REPORTING = 1.0
@@ -29,24 +33,12 @@ class RecordingSource(MemorySource):
         self.updates.append(output)
 
 
-@worker_task("reporting")
-def reporting(seconds: float) -> dict:
-    ctx = get_task_context()
-    started = time.monotonic()
-    calls = 0
-    while time.monotonic() - started < seconds:
-        calls += 1
-        ctx.progress(output={"calls": calls})
-        time.sleep(0.002)
-    return {"calls": calls, "elapsed": time.monotonic() - started}
-
-
 def run_with_interval(interval: float) -> tuple[RecordingSource, dict]:
     source = RecordingSource()
-    task = source.add("reporting", {"seconds": REPORTING})
+    task = source.add("progressing_for", {"seconds": REPORTING})
 
     async def main() -> None:
-        runner = Runner(reporting, source, max_tasks=1)
+        runner = Runner(progressing_for, source, max_tasks=1)
         runner.progress_interval = interval  # as a worker process sets it from its configuration
         await runner.run()
 
