@@ -83,6 +83,10 @@ CHEAP_CALL_MAX = 0.02
 CHEAP_STREAK = 256
 CHEAP_STREAK_MOST = 65536
 CHEAP_MEAN_OVER = 32
+#: A call counts into the mean as at most this long: one pause of the machine (the loop's
+#: thread descheduled for a few ms) must not carry the mean of a 10 us handler past
+#: 2 x CHEAP_CALL, while calls that are all slower still do.
+CHEAP_MEAN_CLIP = 10 * CHEAP_CALL
 #: How often the watch of calls on the loop looks (seconds; see ``_watch_loop_calls``).
 LOOP_CALL_WATCH = 0.5
 #: The ``exception`` (metric label) of a task past its time limit.
@@ -177,7 +181,7 @@ class Runner:
         #: calls since the last one of CHEAP_CALL_MAX or more, and the moving mean of their
         #: durations (written by the slot threads too; a lost update only delays a switch)
         self._cheap = 0
-        self._call_mean = CHEAP_CALL_MAX
+        self._call_mean = CHEAP_MEAN_CLIP
         #: the streak after which calls run on the loop (grows with each return to the threads)
         self._cheap_needed = CHEAP_STREAK
         #: ``time.monotonic()`` when the call running on the loop began (0.0: none runs)
@@ -762,7 +766,7 @@ class Runner:
 
     def _timed(self, took: float) -> None:
         """Count a call of ``took`` seconds into the mean and the streak (any thread)."""
-        self._call_mean += (took - self._call_mean) / CHEAP_MEAN_OVER
+        self._call_mean += (min(took, CHEAP_MEAN_CLIP) - self._call_mean) / CHEAP_MEAN_OVER
         self._cheap = self._cheap + 1 if took < CHEAP_CALL_MAX else 0
 
     def _timed_call(self, task: Task, ctx: TaskContext) -> TaskResult:

@@ -281,6 +281,7 @@ def test_a_native_worker_runs_its_calls_in_slot_threads_however_short(checksum_l
     monkeypatch.setattr(runner_module, "CHEAP_STREAK", 8)
     monkeypatch.setattr(runner_module, "CHEAP_MEAN_OVER", 4)
     monkeypatch.setattr(runner_module, "CHEAP_CALL", 0.05)
+    monkeypatch.setattr(runner_module, "CHEAP_MEAN_CLIP", 0.5)
     on_loop: list[str] = []
     call_on_loop = Runner._call_on_loop
 

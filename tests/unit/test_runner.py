@@ -331,6 +331,7 @@ def cheap_on_loop_quickly(monkeypatch):
     monkeypatch.setattr(runner_module, "CHEAP_STREAK", 8)
     monkeypatch.setattr(runner_module, "CHEAP_MEAN_OVER", 4)
     monkeypatch.setattr(runner_module, "CHEAP_CALL", 0.05)
+    monkeypatch.setattr(runner_module, "CHEAP_MEAN_CLIP", 0.5)
     monkeypatch.setattr(runner_module, "CHEAP_CALL_MAX", 0.1)
 
 
@@ -386,6 +387,7 @@ def test_a_handler_that_turns_slower_on_average_goes_back_to_its_threads(
     # No single call reaches CHEAP_CALL_MAX (0.1 s), but every call takes 0.08 s: the mean
     # passes twice CHEAP_CALL within a few calls, and the handler leaves the loop.
     monkeypatch.setattr(runner_module, "CHEAP_CALL", 0.02)
+    monkeypatch.setattr(runner_module, "CHEAP_MEAN_CLIP", 0.2)
     handler, ran_on = thread_recorder("slower")
     source = MemorySource()
     ids = [source.add("slower", {"i": i}).task_id for i in range(30)]
@@ -395,6 +397,27 @@ def test_a_handler_that_turns_slower_on_average_goes_back_to_its_threads(
     loop_thread = threading.current_thread().name
     assert ran_on[30] == loop_thread  # the first slower call still ran on the loop
     assert all(ran_on[i] != loop_thread for i in range(38, 45))
+
+
+def test_one_pause_on_the_loop_does_not_send_a_cheap_handler_back(
+    cheap_on_loop_quickly, monkeypatch
+):
+    # A busy host can deschedule the loop's thread for some ms in the middle of a 10 us call:
+    # that one call counts into the mean as at most CHEAP_MEAN_CLIP, so the handler stays.
+    monkeypatch.setattr(runner_module, "CHEAP_CALL", 0.01)
+    monkeypatch.setattr(runner_module, "CHEAP_MEAN_CLIP", 0.05)
+    monkeypatch.setattr(runner_module, "CHEAP_CALL_MAX", 1.0)
+    handler, ran_on = thread_recorder("paused_once", threads=1)
+    source = MemorySource()
+    ids = [
+        source.add("paused_once", {"i": i, "sleep": 0.3 if i == 30 else 0.0}).task_id
+        for i in range(40)
+    ]
+    run_inline(handler, source, max_tasks=40)
+    assert all(source.final(i).status is TaskStatus.COMPLETED for i in ids)
+    loop_thread = threading.current_thread().name
+    assert ran_on[30] == loop_thread
+    assert all(ran_on[i] == loop_thread for i in range(31, 40))
 
 
 def test_cheap_on_loop_false_keeps_every_call_in_a_slot_thread(cheap_on_loop_quickly):
